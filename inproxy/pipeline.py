@@ -1,0 +1,342 @@
+"""The request pipeline: runs one client request through every lifecycle phase."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, AsyncIterator, Sequence
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from . import errors
+from .context import RequestContext, UpstreamRequest
+from .errors import S3Error
+from .hooks import Authenticator, Authorizer, Decision, ProxyHooks
+from .s3 import sigv4
+from .s3.chunked import AwsChunkedDecoder
+from .s3.headers import PRESIGN_PARAMS, forwarded_headers, headers_to_sign, response_headers
+from .s3.request import parse_s3_request
+from .s3.xml import list_buckets_xml
+
+if TYPE_CHECKING:
+    from .backend import Backend, BackendMap
+    from .credentials import Credentials
+    from .secrets import SecretsCache
+    from .upstream import UpstreamPool
+
+log = logging.getLogger("inproxy")
+_STREAMING_PREFIX = "STREAMING-"
+
+
+class Pipeline:
+    """One proxy's request handler; all of its state is per proxy."""
+
+    def __init__(self, *, backends: "BackendMap", authenticators: Sequence[Authenticator],
+                 authorizer: Authorizer, credential_provider, hooks: ProxyHooks,
+                 cache: "SecretsCache", signer: sigv4.Signer, pool: "UpstreamPool",
+                 base_domains: Sequence[str] = (), max_header_bytes: int = 16 * 1024,
+                 authorize_timeout: float = 10.0, cache_decisions: float = 0.0,
+                 cache_namespace: object = None) -> None:
+        self.backends = backends
+        self.authenticators = list(authenticators)
+        self.authorizer = authorizer
+        self.credential_provider = credential_provider
+        self.hooks = hooks
+        self.cache = cache
+        self.signer = signer
+        self.pool = pool
+        self.base_domains = tuple(base_domains)
+        self.max_header_bytes = max_header_bytes
+        self.authorize_timeout = authorize_timeout
+        self.cache_decisions = cache_decisions
+        self.cache_namespace = cache_namespace if cache_namespace is not None else object()
+        self._filters_body = _overrides(hooks, "request_body_filter")
+        self._filters_response_body = _overrides(hooks, "response_body_filter")
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """aiohttp's low-level handler: always answers, always logs once."""
+        ctx = RequestContext(request)
+        try:
+            response = await self._process(ctx)
+        except S3Error as err:
+            ctx.error = err
+            response = self._error_response(ctx, err)
+        except Exception as exc:  # a hook or the proxy itself failed: details to the log only
+            ctx.error = exc
+            log.exception("request %s failed", ctx.request_id)
+            response = self._error_response(ctx, errors.InternalError())
+        ctx.status = ctx.status or response.status
+        await self._logging(ctx)
+        return response
+
+    async def _process(self, ctx: RequestContext) -> web.StreamResponse:
+        request = ctx.request
+        self._check_header_size(request)
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        ctx.s3 = parse_s3_request(request.method, raw_path, raw_query, request.host,
+                                  request.headers, self.base_domains)
+        ctx.identity = await self._authenticate(ctx)
+        if not ctx.s3.operation:
+            raise errors.NotImplementedError_("This S3 operation is not supported by the proxy.")
+        if ctx.s3.operation == "ListBuckets":
+            return await self._list_buckets(ctx)
+        if not await self.is_allowed(ctx.access):
+            raise errors.AccessDenied()
+        answer = await self.hooks.request_filter(ctx)
+        if answer is not None:
+            return answer
+        ctx.backend = await self.hooks.upstream_peer(ctx) or self.backends.route(ctx.s3.bucket)
+        if ctx.backend is None:
+            raise errors.NoSuchBucket(BucketName=ctx.s3.bucket or "")
+        ctx.credentials = await self._backend_credentials(ctx)
+        ctx.upstream = self._upstream_request(ctx)
+        await self.hooks.upstream_request_filter(ctx)
+        self._sign(ctx)
+        return await self._forward(ctx)
+
+    # -- authentication and authorization -------------------------------------------------
+
+    async def _authenticate(self, ctx: RequestContext):
+        for authenticator in self.authenticators:
+            identity = await authenticator.authenticate(ctx)
+            if identity is not None:
+                return identity
+        raise errors.AccessDenied()
+
+    async def is_allowed(self, access) -> bool:
+        """Ask the authorizer; a hook that raises or times out denies (and is logged)."""
+        if self.cache_decisions <= 0:
+            return bool(await self._ask_authorizer(access))
+        key = ("authz", self.cache_namespace, access.cache_key)
+        return bool(await self.cache.get(key, lambda: self._ask_authorizer(access),
+                                         ttl=self.cache_decisions))
+
+    async def _ask_authorizer(self, access) -> "bool | Decision":
+        try:
+            decision = await asyncio.wait_for(self.authorizer.authorize(access), self.authorize_timeout)
+        except Exception:
+            log.exception("authorizer failed for %s %s; denying", access.operation, access.bucket)
+            return False
+        if isinstance(decision, Decision):
+            from .secrets import Cached
+
+            return Cached(decision.allowed, ttl=decision.ttl) if decision.ttl is not None else decision.allowed
+        return bool(decision)
+
+    async def _list_buckets(self, ctx: RequestContext) -> web.StreamResponse:
+        """ListBuckets is answered by the proxy: the configured buckets this identity may see."""
+        from .context import AccessRequest
+
+        visible = []
+        for name in self.backends.bucket_names:
+            access = AccessRequest(ctx.identity, "ListBuckets", name, method=ctx.s3.method,
+                                   source_ip=ctx.request.remote)
+            if await self.is_allowed(access):
+                visible.append(name)
+        ctx.status = 200
+        return web.Response(body=list_buckets_xml(visible, owner=ctx.identity.name),
+                            content_type="application/xml")
+
+    # -- backend credentials and the upstream request ---------------------------------------
+
+    async def _backend_credentials(self, ctx: RequestContext) -> "Credentials":
+        provider = ctx.backend.credential_provider or self.credential_provider
+        if provider is None:
+            raise errors.InternalError()  # misconfiguration: logged by handle()
+        if not getattr(provider, "cacheable", True):
+            return await provider.get_credentials(ctx.identity, ctx.s3.bucket, ctx.backend)
+        key = ("credentials", self.cache_namespace, id(provider), id(ctx.backend),
+               provider.cache_scope(ctx.identity, ctx.s3.bucket))
+        return await self.cache.get(
+            key, lambda: provider.get_credentials(ctx.identity, ctx.s3.bucket, ctx.backend))
+
+    def _upstream_request(self, ctx: RequestContext) -> UpstreamRequest:
+        s3, backend, request = ctx.s3, ctx.backend, ctx.request
+        client_hash = request.headers.get("x-amz-content-sha256", "")
+        chunked = client_hash.startswith(_STREAMING_PREFIX) or _has_aws_chunked(request)
+        headers = forwarded_headers(request.headers.items(), decoding_chunked=chunked)
+        encoded_key = sigv4.uri_encode(s3.key, keep_slash=True) if s3.key is not None else None
+        host, path = backend.locate(s3.bucket, encoded_key)
+        query = sigv4.canonical_query_string(s3.raw_query, drop=PRESIGN_PARAMS)
+        ctx.body, ctx.body_length = self._request_body(ctx, chunked, client_hash)
+        if ctx.body_length is not None and (ctx.body is not None or request.method in ("PUT", "POST")):
+            headers["content-length"] = str(ctx.body_length)
+        payload_hash = client_hash if sigv4.is_sha256_hex(client_hash) and not chunked else sigv4.UNSIGNED_PAYLOAD
+        return UpstreamRequest(request.method, backend.scheme, host, path, query, headers, payload_hash)
+
+    def _request_body(self, ctx: RequestContext, chunked: bool,
+                      client_hash: str) -> tuple[AsyncIterator[bytes] | None, int | None]:
+        request = ctx.request
+        declared = request.content_length
+        if chunked:
+            decoded = request.headers.get("x-amz-decoded-content-length")
+            if decoded is None or not decoded.isdigit():
+                raise errors.MissingContentLength("aws-chunked bodies need x-amz-decoded-content-length.")
+            decoder = self._chunk_decoder(ctx, int(decoded), client_hash)
+            return self._filtered_body(ctx, decoder.decode(_client_body(request, declared))), int(decoded)
+        if declared is None:
+            if request.body_exists:
+                raise errors.MissingContentLength()
+            return None, None
+        if declared == 0:
+            return None, 0
+        return self._filtered_body(ctx, _client_body(request, declared)), declared
+
+    def _chunk_decoder(self, ctx: RequestContext, decoded_length: int, client_hash: str) -> AwsChunkedDecoder:
+        trailer = ctx.request.headers.get("x-amz-trailer", "")
+        names = [n.strip().lower() for n in trailer.split(",") if n.strip()]
+        verifier = ctx.state.get("chunk_verifier")
+        if client_hash.startswith("STREAMING-AWS4-HMAC-SHA256") and verifier is None:
+            # Signed chunks from an identity that did not sign with SigV4 (no verifier was set up).
+            log.debug("request %s: chunk signatures present but not verified by this authenticator",
+                      ctx.request_id)
+        return AwsChunkedDecoder(
+            decoded_length=decoded_length, trailer_names=names,
+            chunk_verifier=getattr(verifier, "verify_chunk", None),
+            trailer_verifier=getattr(verifier, "verify_trailer", None),
+        )
+
+    async def _filtered_body(self, ctx: RequestContext, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The body as forwarded: counted, through the hook, errors remembered for the answer."""
+        try:
+            async for chunk in body:
+                if self._filters_body:
+                    chunk = await self.hooks.request_body_filter(ctx, chunk)
+                ctx.bytes_in += len(chunk)
+                yield chunk
+        except BaseException as exc:
+            ctx.state["body_error"] = exc
+            raise
+
+    def _sign(self, ctx: RequestContext) -> None:
+        up, creds, backend = ctx.upstream, ctx.credentials, ctx.backend
+        up.headers["host"] = up.host
+        if creds.bearer_token:
+            up.headers["authorization"] = f"Bearer {creds.bearer_token}"
+            return
+        signed = headers_to_sign(up.headers, backend.unsigned_headers)
+        added = self.signer.sign(
+            up.method, up.path, up.query, signed, up.payload_hash,
+            access_key=creds.access_key, secret_key=creds.secret_key,
+            session_token=creds.session_token, region=backend.region, service=backend.service,
+            query_is_canonical=True)
+        up.headers.update(added)
+
+    # -- forwarding and streaming ----------------------------------------------------------
+
+    async def _forward(self, ctx: RequestContext) -> web.StreamResponse:
+        up, request = ctx.upstream, ctx.request
+        if ctx.body is not None and request.headers.get("expect", "").lower() == "100-continue":
+            # Only now, with the client authenticated and authorized, may it send the body.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        session = self.pool.session(ctx.backend)
+        try:
+            upstream = await session.request(
+                up.method, URL(up.url, encoded=True), headers=up.headers, data=ctx.body,
+                allow_redirects=False)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise self._upstream_failure(ctx, exc) from exc
+        try:
+            return await self._relay_response(ctx, upstream)
+        finally:
+            upstream.release()
+
+    def _upstream_failure(self, ctx: RequestContext, exc: BaseException) -> S3Error:
+        body_error = ctx.state.get("body_error")
+        if isinstance(body_error, S3Error):
+            return body_error
+        log.warning("request %s: backend %s failed: %r", ctx.request_id, ctx.backend.netloc, exc)
+        if body_error is not None:
+            return errors.IncompleteBody()
+        if isinstance(exc, asyncio.TimeoutError):
+            return errors.GatewayTimeout()
+        return errors.BadGateway()
+
+    async def _relay_response(self, ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        headers = response_headers(upstream.headers.items())
+        await self.hooks.response_filter(ctx, upstream.status, headers)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in headers:
+            response.headers.add(name, value)
+        ctx.status = upstream.status
+        if ctx.state.get("body_error") is not None:
+            response.force_close()
+        await response.prepare(ctx.request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                if self._filters_response_body:
+                    chunk = await self.hooks.response_body_filter(ctx, chunk)
+                ctx.bytes_out += len(chunk)
+                await response.write(chunk)
+            await response.write_eof()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            # A short body must never look complete: break the client's connection.
+            ctx.error = exc
+            upstream.close()
+            _abort(ctx.request)
+        return response
+
+    # -- errors and logging -----------------------------------------------------------------
+
+    def _check_header_size(self, request: web.BaseRequest) -> None:
+        size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        if size > self.max_header_bytes:
+            raise errors.RequestHeaderSectionTooLarge()
+
+    def _error_response(self, ctx: RequestContext, err: S3Error) -> web.StreamResponse:
+        resource = ctx.s3.resource if ctx.s3 is not None else ""
+        body = err.to_xml(resource=resource, request_id=ctx.request_id)
+        head = ctx.request.method == "HEAD"
+        response = web.Response(status=err.status, body=None if head else body,
+                                content_type="application/xml",
+                                headers={"x-amz-request-id": ctx.request_id})
+        if not _body_consumed(ctx.request):
+            # An unread body (e.g. after refusing Expect: 100-continue) must not be parsed as
+            # the next request.
+            response.force_close()
+        return response
+
+    async def _logging(self, ctx: RequestContext) -> None:
+        s3 = ctx.s3
+        log.info("%s %s %s %s/%s -> %s in %.1f ms (in %d B, out %d B)%s",
+                 ctx.request_id, ctx.identity.name if ctx.identity else "-",
+                 s3.operation if s3 else ctx.request.method, s3.bucket if s3 else "-",
+                 s3.key if s3 and s3.key is not None else "", ctx.status,
+                 (time.monotonic() - ctx.started) * 1000, ctx.bytes_in, ctx.bytes_out,
+                 f" error={type(ctx.error).__name__}" if ctx.error else "")
+        try:
+            await self.hooks.logging(ctx, ctx.error)
+        except Exception:
+            log.exception("logging hook failed for request %s", ctx.request_id)
+
+
+async def _client_body(request: web.BaseRequest, declared: int | None) -> AsyncIterator[bytes]:
+    """The client's raw body; ending before Content-Length is an error, not a short upload."""
+    received = 0
+    async for chunk in request.content.iter_any():
+        received += len(chunk)
+        yield chunk
+    if declared is not None and received != declared:
+        raise errors.IncompleteBody()
+
+
+def _has_aws_chunked(request: web.BaseRequest) -> bool:
+    encodings = request.headers.getall("content-encoding", [])
+    return any(c.strip().lower() == "aws-chunked" for e in encodings for c in e.split(","))
+
+
+def _body_consumed(request: web.BaseRequest) -> bool:
+    return not request.body_exists or request.content.at_eof()
+
+
+def _abort(request: web.BaseRequest) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def _overrides(hooks: ProxyHooks, name: str) -> bool:
+    return getattr(type(hooks), name) is not getattr(ProxyHooks, name)

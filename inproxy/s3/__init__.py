@@ -1,0 +1,1 @@
+"""The S3 protocol: request parsing, operations, SigV4, aws-chunked framing."""

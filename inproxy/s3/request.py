@@ -1,0 +1,118 @@
+"""Parse an incoming HTTP request into an S3 request: bucket, key, query and operation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+from urllib.parse import unquote
+
+from ..errors import InvalidBucketName, InvalidURI, MethodNotAllowed
+from .operations import classify
+from .sigv4 import parse_query
+
+# Lenient on purpose (legacy S3 allowed upper case and underscores), strict about what
+# could confuse a path: no slashes, no percent signs, no dot-only names.
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE"})
+
+
+@dataclass(frozen=True)
+class S3Request:
+    """What a request asks of S3.
+
+    ``key`` is the decoded object key (what S3 stores, and what prefix rules
+    match); ``raw_key`` is the key exactly as it appeared in the request path.
+    ``query`` holds the decoded query pairs in order; ``params`` the first
+    value of each name.
+    """
+
+    method: str
+    bucket: str | None
+    key: str | None
+    raw_key: str | None
+    raw_path: str
+    raw_query: str
+    query: Sequence[tuple[str, str]] = field(repr=False)
+    params: Mapping[str, str] = field(repr=False)
+    operation: str
+    addressing: str  # "path" or "virtual"
+
+    @property
+    def prefix(self) -> str | None:
+        """The listing prefix of ListObjects(V2)/ListObjectVersions/ListMultipartUploads."""
+        return self.params.get("prefix") if self.operation.startswith("List") else None
+
+    @property
+    def resource(self) -> str:
+        """``/bucket/key`` for error documents."""
+        if self.bucket is None:
+            return "/"
+        return f"/{self.bucket}/{self.key}" if self.key is not None else f"/{self.bucket}"
+
+
+def parse_s3_request(method: str, raw_path: str, raw_query: str, host: str,
+                     headers: Mapping[str, str], base_domains: Sequence[str] = ()) -> S3Request:
+    """Parse the raw request line pieces; raise an S3Error for what S3 would refuse."""
+    if method not in _METHODS:
+        raise MethodNotAllowed()
+    if not raw_path.startswith("/"):
+        raise InvalidURI()
+    bucket = _virtual_host_bucket(host, base_domains)
+    addressing = "virtual" if bucket is not None else "path"
+    if bucket is None:
+        bucket, raw_key = _split_path(raw_path)
+    else:
+        raw_key = raw_path[1:] or None
+    if bucket is not None and not _BUCKET_RE.match(bucket):
+        raise InvalidBucketName()
+    key = _decode_key(raw_key) if raw_key is not None else None
+    query = parse_query(raw_query)
+    params: dict[str, str] = {}
+    for name, value in query:
+        params.setdefault(name, value)
+    operation = classify(method, bucket, key, params, headers)
+    return S3Request(method, bucket, key, raw_key, raw_path, raw_query, tuple(query), params,
+                     operation, addressing)
+
+
+def _virtual_host_bucket(host: str, base_domains: Sequence[str]) -> str | None:
+    hostname = _strip_port(host).lower().rstrip(".")
+    for domain in base_domains:
+        suffix = "." + domain.lower().strip(".")
+        if hostname.endswith(suffix) and len(hostname) > len(suffix):
+            return hostname[: -len(suffix)]
+    return None
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):  # IPv6 literal
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _split_path(raw_path: str) -> tuple[str | None, str | None]:
+    """``/bucket/raw/key`` -> (bucket, raw key); ``/bucket`` and ``/bucket/`` have no key."""
+    rest = raw_path[1:]
+    if not rest:
+        return None, None
+    # The bucket is not decoded: an encoded character fails the name check.
+    bucket, slash, raw_key = rest.partition("/")
+    return bucket, (raw_key if slash and raw_key else None)
+
+
+def _decode_key(raw_key: str) -> str:
+    """Percent-decode a key; refuse what a backend could read as another path.
+
+    Dot segments (``.``/``..``, encoded or not) are refused: HTTP servers and
+    backends normalise them, which would let ``/a/../b/k`` reach bucket ``b``.
+    """
+    try:
+        key = unquote(raw_key, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidURI("The key is not valid percent-encoded UTF-8.") from None
+    if any(segment in (".", "..") for segment in key.split("/")):
+        raise InvalidURI("Keys with '.' or '..' path segments are not supported by this proxy.")
+    if "\x00" in key:
+        raise InvalidURI()
+    return key

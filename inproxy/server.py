@@ -1,0 +1,190 @@
+"""ProxyServer: binds the proxy inside the host application's running event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from aiohttp import web
+
+from .backend import Backend, BackendMap
+from .hooks import ProxyHooks, as_authenticator, as_authorizer, as_credential_provider
+from .pipeline import Pipeline
+from .s3.sigv4 import Signer
+from .secrets import SecretsCache
+from .upstream import UpstreamPool
+
+log = logging.getLogger("inproxy")
+
+
+class ProxyServer:
+    """An S3 reverse proxy bound in the running event loop.
+
+    ``async with ProxyServer(backends=..., authenticator=..., authorizer=...) as proxy:``
+    binds ``host:port`` (loopback and an ephemeral port by default) and serves
+    until the block ends.  With no ``authorizer`` every request is denied;
+    pass :class:`~inproxy.AllowAll` to allow everything explicitly.
+
+    Parameters:
+        backends: a Backend (the default route) or ``{"bucket": Backend, "*": default}``.
+        authenticator: one Authenticator (or function) or a list; the first that
+            recognises a request decides.
+        authorizer: an Authorizer or ``(AccessRequest) -> bool | Decision``.
+        credential_provider: backend credentials for backends that have none of their own.
+        hooks: a :class:`~inproxy.ProxyHooks` subclass instance for the lifecycle phases.
+        cache: a :class:`~inproxy.SecretsCache` (shareable between proxies); a new one by default.
+        cache_decisions: seconds an authorization decision is cached (0: never), keyed by
+            every input of the decision.
+        base_domains: domains for virtual-host style (``bucket.<domain>``), e.g. ``["localhost"]``.
+        ssl: an ``ssl.SSLContext`` to serve HTTPS.
+        sync_hooks_in_thread: run every sync hook function in a thread (else only those
+            marked with :func:`~inproxy.blocking`).
+        shutdown_timeout: seconds ``stop()`` lets in-flight requests finish.
+    """
+
+    def __init__(self, backends: "Mapping[str, Backend] | Backend | None" = None, *,
+                 authenticator: Any = None, authorizer: Any = None,
+                 credential_provider: Any = None, hooks: ProxyHooks | None = None,
+                 cache: SecretsCache | None = None, cache_decisions: float = 0.0,
+                 host: str = "127.0.0.1", port: int = 0, ssl: ssl.SSLContext | None = None,
+                 base_domains: Sequence[str] = (), sync_hooks_in_thread: bool = False,
+                 max_header_bytes: int = 16 * 1024, authorize_timeout: float = 10.0,
+                 shutdown_timeout: float = 5.0) -> None:
+        self.host, self._requested_port, self.ssl = host, port, ssl
+        self.shutdown_timeout = shutdown_timeout
+        self.cache = cache if cache is not None else SecretsCache()
+        self.backends = BackendMap(backends)
+        self._pool = UpstreamPool()
+        authenticators = authenticator if isinstance(authenticator, (list, tuple)) else [authenticator]
+        self.pipeline = Pipeline(
+            backends=self.backends,
+            authenticators=[as_authenticator(a, in_thread=sync_hooks_in_thread)
+                            for a in authenticators if a is not None],
+            authorizer=as_authorizer(authorizer, in_thread=sync_hooks_in_thread),
+            credential_provider=as_credential_provider(credential_provider, in_thread=sync_hooks_in_thread),
+            hooks=hooks or ProxyHooks(), cache=self.cache, signer=Signer(), pool=self._pool,
+            base_domains=base_domains, max_header_bytes=max_header_bytes,
+            authorize_timeout=authorize_timeout, cache_decisions=cache_decisions,
+        )
+        self._runner: web.BaseRunner | None = None
+        self._site: web.TCPSite | None = None
+        self.port: int | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http(s)://host:port`` of the bound proxy."""
+        if self.port is None:
+            raise RuntimeError("the proxy is not started")
+        scheme = "https" if self.ssl else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    async def start(self) -> "ProxyServer":
+        """Bind and start serving in the running event loop."""
+        if self._runner is not None:
+            raise RuntimeError("already started")
+        server = web.Server(self.pipeline.handle, auto_decompress=False, access_log=None,
+                            max_field_size=self.pipeline.max_header_bytes,
+                            max_line_size=self.pipeline.max_header_bytes)
+        runner = web.ServerRunner(server, handle_signals=False, access_log=None,
+                                  shutdown_timeout=self.shutdown_timeout)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=self.ssl,
+                           shutdown_timeout=self.shutdown_timeout, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self._site = runner, site
+        self.port = site._server.sockets[0].getsockname()[1]  # the port actually bound (port 0 -> ephemeral)
+        log.info("inproxy listening on %s", self.endpoint_url)
+        return self
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish within ``shutdown_timeout``, then close."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        try:
+            await asyncio.wait_for(runner.cleanup(), self.shutdown_timeout + 5)
+        except asyncio.TimeoutError:
+            log.warning("inproxy: shutdown exceeded its grace period; connections dropped")
+        finally:
+            await self._pool.close()
+            self.port = None
+
+    async def __aenter__(self) -> "ProxyServer":
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @classmethod
+    @contextmanager
+    def run_in_thread(cls, *args: Any, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+                      **kwargs: Any) -> Iterator["ProxyServer"]:
+        """Run a proxy on its own event loop in a daemon thread, for sync code and notebooks::
+
+            with ProxyServer.run_in_thread(backends=..., authorizer=...) as proxy:
+                boto3.client("s3", endpoint_url=proxy.endpoint_url, ...)
+        """
+        runner = _ThreadRunner(lambda: cls(*args, **kwargs), loop_factory)
+        proxy = runner.start()
+        try:
+            yield proxy
+        finally:
+            runner.stop()
+
+
+class _ThreadRunner:
+    """A proxy in a background thread: started synchronously, stopped synchronously."""
+
+    def __init__(self, make_proxy: Callable[[], ProxyServer],
+                 loop_factory: Callable[[], asyncio.AbstractEventLoop] | None) -> None:
+        self._make_proxy, self._loop_factory = make_proxy, loop_factory
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._proxy: ProxyServer | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="inproxy", daemon=True)
+
+    def start(self) -> ProxyServer:
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._proxy is not None
+        return self._proxy
+
+    def stop(self) -> None:
+        if self._loop is not None and self._proxy is not None:
+            asyncio.run_coroutine_threadsafe(self._proxy.stop(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+    def _run(self) -> None:
+        loop = self._loop_factory() if self._loop_factory else asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            self._proxy = loop.run_until_complete(self._start())
+        except BaseException as exc:  # reported to the starting thread
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _start(self) -> ProxyServer:
+        proxy = self._make_proxy()
+        return await proxy.start()
