@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, AsyncIterator, Sequence
@@ -39,7 +40,7 @@ class Pipeline:
                  cache: "SecretsCache", signer: sigv4.Signer, pool: "UpstreamPool",
                  base_domains: Sequence[str] = (), max_header_bytes: int = 16 * 1024,
                  authorize_timeout: float = 10.0, cache_decisions: float = 0.0,
-                 cache_namespace: object = None) -> None:
+                 verify_payload_hash: bool = True, cache_namespace: object = None) -> None:
         self.backends = backends
         self.authenticators = list(authenticators)
         self.authorizer = authorizer
@@ -52,6 +53,7 @@ class Pipeline:
         self.max_header_bytes = max_header_bytes
         self.authorize_timeout = authorize_timeout
         self.cache_decisions = cache_decisions
+        self.verify_payload_hash = verify_payload_hash
         self.cache_namespace = cache_namespace if cache_namespace is not None else object()
         self._filters_body = _overrides(hooks, "request_body_filter")
         self._filters_response_body = _overrides(hooks, "response_body_filter")
@@ -181,9 +183,15 @@ class Pipeline:
             if request.body_exists:
                 raise errors.MissingContentLength()
             return None, None
+        literal = client_hash if sigv4.is_sha256_hex(client_hash) else None
         if declared == 0:
+            if literal is not None and literal != sigv4.EMPTY_SHA256:
+                raise errors.XAmzContentSHA256Mismatch()
             return None, 0
-        return self._filtered_body(ctx, _client_body(request, declared)), declared
+        body = _client_body(request, declared)
+        if literal is not None and self.verify_payload_hash:
+            body = _sha256_checked(body, literal)
+        return self._filtered_body(ctx, body), declared
 
     def _chunk_decoder(self, ctx: RequestContext, decoded_length: int, client_hash: str) -> AwsChunkedDecoder:
         trailer = ctx.request.headers.get("x-amz-trailer", "")
@@ -321,6 +329,22 @@ async def _client_body(request: web.BaseRequest, declared: int | None) -> AsyncI
         yield chunk
     if declared is not None and received != declared:
         raise errors.IncompleteBody()
+
+
+async def _sha256_checked(body: AsyncIterator[bytes], expected: str) -> AsyncIterator[bytes]:
+    """Pass the body through while hashing it; the last piece is held back until the hash
+    matches, so a mismatch means the backend never gets the whole Content-Length."""
+    digest = hashlib.sha256()
+    held = None
+    async for chunk in body:
+        digest.update(chunk)
+        if held is not None:
+            yield held
+        held = chunk
+    if digest.hexdigest() != expected:
+        raise errors.XAmzContentSHA256Mismatch()
+    if held is not None:
+        yield held
 
 
 def _has_aws_chunked(request: web.BaseRequest) -> bool:

@@ -11,8 +11,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from aiohttp import web
 
+from .auth.sigv4 import SigV4Authenticator
+from .auth.tokens import TokenIssuer
 from .backend import Backend, BackendMap
+from .credentials import Credentials
 from .hooks import ProxyHooks, as_authenticator, as_authorizer, as_credential_provider
+from .identity import Identity
 from .pipeline import Pipeline
 from .s3.sigv4 import Signer
 from .secrets import SecretsCache
@@ -31,8 +35,16 @@ class ProxyServer:
 
     Parameters:
         backends: a Backend (the default route) or ``{"bucket": Backend, "*": default}``.
+        keys: client SigV4 keys: ``{access_key: secret}`` (or ``(secret, Identity)``
+            values), a :class:`~inproxy.auth.sigv4.KeyStore`, or a function
+            ``access_key -> secret | (secret, Identity) | None``.  Turns SigV4
+            verification on; lookups are cached for ``key_ttl`` seconds.
         authenticator: one Authenticator (or function) or a list; the first that
-            recognises a request decides.
+            recognises a request decides.  With ``keys``, SigV4 is asked first;
+            without, it is asked last (it still accepts :meth:`issue_credentials` keys).
+        token_key: the key that seals :meth:`issue_credentials` tokens (random per
+            proxy by default; share it to let several proxies accept the same ones).
+        max_skew: the accepted clock difference of signed requests, seconds.
         authorizer: an Authorizer or ``(AccessRequest) -> bool | Decision``.
         credential_provider: backend credentials for backends that have none of their own.
         hooks: a :class:`~inproxy.ProxyHooks` subclass instance for the lifecycle phases.
@@ -47,28 +59,35 @@ class ProxyServer:
     """
 
     def __init__(self, backends: "Mapping[str, Backend] | Backend | None" = None, *,
-                 authenticator: Any = None, authorizer: Any = None,
+                 keys: Any = None, authenticator: Any = None, authorizer: Any = None,
                  credential_provider: Any = None, hooks: ProxyHooks | None = None,
                  cache: SecretsCache | None = None, cache_decisions: float = 0.0,
                  host: str = "127.0.0.1", port: int = 0, ssl: ssl.SSLContext | None = None,
                  base_domains: Sequence[str] = (), sync_hooks_in_thread: bool = False,
                  max_header_bytes: int = 16 * 1024, authorize_timeout: float = 10.0,
-                 shutdown_timeout: float = 5.0) -> None:
+                 token_key: bytes | None = None, max_skew: float = 900.0, key_ttl: float = 60.0,
+                 verify_payload_hash: bool = True, shutdown_timeout: float = 5.0) -> None:
         self.host, self._requested_port, self.ssl = host, port, ssl
         self.shutdown_timeout = shutdown_timeout
         self.cache = cache if cache is not None else SecretsCache()
         self.backends = BackendMap(backends)
         self._pool = UpstreamPool()
-        authenticators = authenticator if isinstance(authenticator, (list, tuple)) else [authenticator]
+        self.issuer = TokenIssuer(token_key)
+        signer = Signer()
+        sigv4_auth = SigV4Authenticator(keys, issuer=self.issuer, cache=self.cache, key_ttl=key_ttl,
+                                        max_skew=max_skew, signer=signer)
+        custom = authenticator if isinstance(authenticator, (list, tuple)) else [authenticator]
+        authenticators = [as_authenticator(a, in_thread=sync_hooks_in_thread) for a in custom if a is not None]
+        authenticators = [sigv4_auth, *authenticators] if keys is not None else [*authenticators, sigv4_auth]
         self.pipeline = Pipeline(
             backends=self.backends,
-            authenticators=[as_authenticator(a, in_thread=sync_hooks_in_thread)
-                            for a in authenticators if a is not None],
+            authenticators=authenticators,
             authorizer=as_authorizer(authorizer, in_thread=sync_hooks_in_thread),
             credential_provider=as_credential_provider(credential_provider, in_thread=sync_hooks_in_thread),
-            hooks=hooks or ProxyHooks(), cache=self.cache, signer=Signer(), pool=self._pool,
+            hooks=hooks or ProxyHooks(), cache=self.cache, signer=signer, pool=self._pool,
             base_domains=base_domains, max_header_bytes=max_header_bytes,
             authorize_timeout=authorize_timeout, cache_decisions=cache_decisions,
+            verify_payload_hash=verify_payload_hash,
         )
         self._runner: web.BaseRunner | None = None
         self._site: web.TCPSite | None = None
@@ -82,6 +101,13 @@ class ProxyServer:
         scheme = "https" if self.ssl else "http"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
+
+    def issue_credentials(self, identity: "Identity | str", ttl: float = 3600.0) -> Credentials:
+        """Temporary client credentials (access key, secret, session token) bound to
+        ``identity`` that only this proxy (or proxies sharing ``token_key``) accepts."""
+        if isinstance(identity, str):
+            identity = Identity(name=identity, method="issued")
+        return self.issuer.issue(identity, ttl)
 
     async def start(self) -> "ProxyServer":
         """Bind and start serving in the running event loop."""

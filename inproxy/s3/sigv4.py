@@ -231,26 +231,32 @@ def derive_signing_key(secret_key: str, date: str, region: str, service: str) ->
 
 # HMAC-SHA256 with the inner and outer hash states of each signing key kept: a signature is
 # then two copies, two updates and two finalisations (about half of hmac.digest's cost with
-# OpenSSL 3).  Bounded; evicts oldest first.
-_HMAC_STATES: dict[bytes, tuple] = {}
+# OpenSSL 3).  The states live in a Signer (bounded, oldest evicted first), never in a
+# module-level cache: two proxies in one process share no key material.
 _HMAC_STATES_MAX = 1024
 _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
-def _hmac_states(key: bytes) -> tuple:
-    states = _HMAC_STATES.get(key)
+def _new_hmac_states(key: bytes) -> tuple:
+    padded = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    return hashlib.sha256(padded.translate(_IPAD)), hashlib.sha256(padded.translate(_OPAD))
+
+
+def _hmac_states(key: bytes, cache: dict[bytes, tuple] | None = None) -> tuple:
+    if cache is None:
+        return _new_hmac_states(key)
+    states = cache.get(key)
     if states is None:
-        padded = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
-        states = (hashlib.sha256(padded.translate(_IPAD)), hashlib.sha256(padded.translate(_OPAD)))
-        if len(_HMAC_STATES) >= _HMAC_STATES_MAX:
-            del _HMAC_STATES[next(iter(_HMAC_STATES))]
-        _HMAC_STATES[key] = states
+        states = _new_hmac_states(key)
+        if len(cache) >= _HMAC_STATES_MAX:
+            del cache[next(iter(cache))]
+        cache[key] = states
     return states
 
 
-def _hmac_hex(key: bytes, message: bytes) -> str:
-    inner, outer = _hmac_states(key)
+def _hmac_hex(key: bytes, message: bytes, cache: dict[bytes, tuple] | None = None) -> str:
+    inner, outer = _hmac_states(key, cache)
     inner = inner.copy()
     inner.update(message)
     outer = outer.copy()
@@ -529,13 +535,14 @@ class Signer:
     Meant for one event loop (no locks; the caches are plain dicts, safe under the GIL).
     """
 
-    __slots__ = ("_keys", "_max_keys", "_last_second", "_last_amz_date")
+    __slots__ = ("_keys", "_max_keys", "_last_second", "_last_amz_date", "_hmac_states")
 
     def __init__(self, max_keys: int = 1024) -> None:
         self._keys: dict[tuple[str, str, str, str], bytes] = {}
         self._max_keys = max_keys
         self._last_second = -1
         self._last_amz_date = ""
+        self._hmac_states: dict[bytes, tuple] = {}
 
     # streaming helpers, also available as module functions
     signature = staticmethod(signature)
@@ -600,7 +607,8 @@ class Signer:
         scope = f"{date}/{region}/{service}/{TERMINATOR}"
         digest = hashlib.sha256(request.encode("utf-8", "surrogatepass")).hexdigest()
         sig = _hmac_hex(self.signing_key(secret_key, date, region, service),
-                        f"{ALGORITHM}\n{amz_date}\n{scope}\n{digest}".encode("utf-8", "surrogatepass"))
+                        f"{ALGORITHM}\n{amz_date}\n{scope}\n{digest}".encode("utf-8", "surrogatepass"),
+                        self._hmac_states)
         added["authorization"] = (f"{ALGORITHM} Credential={access_key}/{scope}, "
                                   f"SignedHeaders={signed_names}, Signature={sig}")
         return added

@@ -24,6 +24,14 @@ Facts about this SeaweedFS version that shaped the launcher (4.48):
   (unique per port; removed by weed on a clean exit, and by :meth:`stop`
   otherwise).
 * glog writes files to ``/tmp`` unless the global ``-logdir`` is given.
+* weed checks its ports itself and exits ("Port allocation failed ... is not
+  available") when one is taken; :meth:`SeaweedFS.start` then retries with
+  fresh ports.  ``-s3.metricsPort`` is accepted but not opened by ``mini``.
+* Startup (spawn until a signed ListBuckets succeeds) takes ~0.7-1.3 s on a
+  2-core machine; stop (SIGTERM, exit code 0) ~1.2 s; idle RSS ~115-125 MiB.
+
+What the servers do with signatures, payload hashes, aws-chunked bodies,
+session tokens and awkward keys is established in ``tests/test_servers.py``.
 """
 
 from __future__ import annotations
@@ -69,7 +77,8 @@ class S3ServerInfo:
     def client_kwargs(self) -> dict:
         """Keyword arguments for ``boto3.client("s3", **kw)`` / ``session.create_client``.
 
-        Path-style addressing, explicit keys and region.
+        Path-style addressing, explicit keys and region, and a single attempt
+        per call (no silent retries hiding a server's answer in tests).
         """
         from botocore.config import Config
 

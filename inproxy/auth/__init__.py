@@ -1,0 +1,1 @@
+"""Identities: the authenticators that turn a request into an Identity."""
