@@ -13,6 +13,7 @@ from aiohttp import web
 from yarl import URL
 
 from . import errors
+from .authorize import authorize_request
 from .context import RequestContext, UpstreamRequest
 from .errors import S3Error
 from .hooks import Authenticator, Authorizer, Decision, ProxyHooks
@@ -40,7 +41,8 @@ class Pipeline:
                  cache: "SecretsCache", signer: sigv4.Signer, pool: "UpstreamPool",
                  base_domains: Sequence[str] = (), max_header_bytes: int = 16 * 1024,
                  authorize_timeout: float = 10.0, cache_decisions: float = 0.0,
-                 verify_payload_hash: bool = True, cache_namespace: object = None) -> None:
+                 verify_payload_hash: bool = True, cache_namespace: object = None,
+                 endpoints: Sequence = ()) -> None:
         self.backends = backends
         self.authenticators = list(authenticators)
         self.authorizer = authorizer
@@ -54,6 +56,8 @@ class Pipeline:
         self.authorize_timeout = authorize_timeout
         self.cache_decisions = cache_decisions
         self.verify_payload_hash = verify_payload_hash
+        # Non-S3 services on the proxy's own endpoint (e.g. STS): each may answer a request first.
+        self.endpoints = list(endpoints)
         self.cache_namespace = cache_namespace if cache_namespace is not None else object()
         self._filters_body = _overrides(hooks, "request_body_filter")
         self._filters_response_body = _overrides(hooks, "response_body_filter")
@@ -77,6 +81,10 @@ class Pipeline:
     async def _process(self, ctx: RequestContext) -> web.StreamResponse:
         request = ctx.request
         self._check_header_size(request)
+        for endpoint in self.endpoints:
+            answer = await endpoint.handle(ctx)
+            if answer is not None:
+                return answer
         raw_path, _, raw_query = request.raw_path.partition("?")
         ctx.s3 = parse_s3_request(request.method, raw_path, raw_query, request.host,
                                   request.headers, self.base_domains)
@@ -85,8 +93,7 @@ class Pipeline:
             raise errors.NotImplementedError_("This S3 operation is not supported by the proxy.")
         if ctx.s3.operation == "ListBuckets":
             return await self._list_buckets(ctx)
-        if not await self.is_allowed(ctx.access):
-            raise errors.AccessDenied()
+        await authorize_request(self, ctx)
         answer = await self.hooks.request_filter(ctx)
         if answer is not None:
             return answer

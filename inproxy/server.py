@@ -55,6 +55,9 @@ class ProxyServer:
         ssl: an ``ssl.SSLContext`` to serve HTTPS.
         sync_hooks_in_thread: run every sync hook function in a thread (else only those
             marked with :func:`~inproxy.blocking`).
+        endpoints: extra services answered on the proxy's own endpoint before S3
+            (e.g. the STS exchange); each has ``async handle(ctx) -> response | None`` and
+            an optional ``bind(proxy)`` called here.
         shutdown_timeout: seconds ``stop()`` lets in-flight requests finish.
     """
 
@@ -66,7 +69,8 @@ class ProxyServer:
                  base_domains: Sequence[str] = (), sync_hooks_in_thread: bool = False,
                  max_header_bytes: int = 16 * 1024, authorize_timeout: float = 10.0,
                  token_key: bytes | None = None, max_skew: float = 900.0, key_ttl: float = 60.0,
-                 verify_payload_hash: bool = True, shutdown_timeout: float = 5.0) -> None:
+                 verify_payload_hash: bool = True, endpoints: Sequence[Any] = (),
+                 shutdown_timeout: float = 5.0) -> None:
         self.host, self._requested_port, self.ssl = host, port, ssl
         self.shutdown_timeout = shutdown_timeout
         self.cache = cache if cache is not None else SecretsCache()
@@ -87,8 +91,11 @@ class ProxyServer:
             hooks=hooks or ProxyHooks(), cache=self.cache, signer=signer, pool=self._pool,
             base_domains=base_domains, max_header_bytes=max_header_bytes,
             authorize_timeout=authorize_timeout, cache_decisions=cache_decisions,
-            verify_payload_hash=verify_payload_hash,
+            verify_payload_hash=verify_payload_hash, endpoints=endpoints,
         )
+        for endpoint in endpoints:
+            if hasattr(endpoint, "bind"):
+                endpoint.bind(self)
         self._runner: web.BaseRunner | None = None
         self._site: web.TCPSite | None = None
         self.port: int | None = None
