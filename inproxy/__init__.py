@@ -5,6 +5,11 @@ the application's hooks whether they may, re-signs with the backend's own
 credentials and streams both ways.
 """
 
+from .auth.jwt import BearerAuthenticator, JWTVerifier
+from .auth.mtls import MTLSAuthenticator
+from .auth.sigv4 import KeyStore, SigV4Authenticator
+from .auth.simple import SimpleTokenAuth
+from .auth.sts import STSEndpoint
 from .backend import Backend
 from .context import AccessRequest, RequestContext, UpstreamRequest
 from .credentials import Credentials
@@ -28,7 +33,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ANONYMOUS", "AWSDefaultChain", "AccessRequest", "AllowAll", "Authenticator", "Authorizer",
-    "Backend", "Cached", "CredentialProvider", "Credentials", "Decision", "DenyAll",
-    "IBMIAMToken", "Identity", "ProxyHooks", "ProxyServer", "RequestContext", "S3Error",
-    "SecretsCache", "UpstreamRequest", "blocking",
+    "Backend", "BearerAuthenticator", "Cached", "CredentialProvider", "Credentials", "Decision",
+    "DenyAll", "IBMIAMToken", "Identity", "JWTVerifier", "KeyStore", "MTLSAuthenticator",
+    "ProxyHooks", "ProxyServer", "RequestContext", "S3Error", "STSEndpoint", "SecretsCache",
+    "SigV4Authenticator", "SimpleTokenAuth", "UpstreamRequest", "blocking",
 ]
