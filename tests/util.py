@@ -19,7 +19,7 @@ def s3_client(endpoint_url: str, access_key: str, secret_key: str, *, session_to
               region: str = "us-east-1", addressing_style: str = "path", verify=None, **config):
     """A boto3 S3 client with explicit keys, path style, SigV4 presigning and no retries."""
     cfg = Config(s3={"addressing_style": addressing_style}, signature_version="s3v4",
-                 retries={"max_attempts": 1, "mode": "standard"}, **config)
+                 retries={"total_max_attempts": 1, "mode": "standard"}, **config)
     return boto3.client("s3", endpoint_url=endpoint_url, aws_access_key_id=access_key,
                         aws_secret_access_key=secret_key, aws_session_token=session_token,
                         region_name=region, config=cfg, verify=verify)

@@ -59,6 +59,10 @@ def _bucket_operation(method: str, params: Mapping[str, str]) -> str:
             return "ListObjectVersions"
         if "location" in params:
             return "GetBucketLocation"
+        if "session" in params:
+            # S3 Express CreateSession answers with temporary credentials of the backend's
+            # identity: it must never pass for a listing.
+            return "CreateSession"
     if method == "POST":
         return "DeleteObjects" if "delete" in params else ""
     if method == "HEAD":
