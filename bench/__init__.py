@@ -1,0 +1,1 @@
+"""inproxy's benchmark harness: ``python -m bench`` (see docs/performance.md)."""
