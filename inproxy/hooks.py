@@ -123,11 +123,31 @@ class CredentialProvider(ABC):
 
 @dataclass(frozen=True)
 class Decision:
-    """An authorization answer; ``ttl`` lets a cached allow/deny live that long (seconds)."""
+    """An authorization answer; ``ttl`` lets a cached allow/deny live that long (seconds).
+
+    ``scope_prefix`` widens a cached answer from the one request asked about to every
+    request that differs from it only by its object key (or listing prefix) starting with
+    ``scope_prefix`` (a plain string prefix, as S3 prefixes are: ``"a/"``, not ``"a"``).
+    ``Decision(True, ttl=60, scope_prefix="a/")`` says: for 60 s this identity may do this
+    operation, on this bucket, from this address, to any key under ``a/``.  It never
+    covers another identity, operation, bucket, method or source address, nor a
+    bucket-level request, and it is ignored when the key asked about is outside it.  A
+    scoped deny wins over a scoped allow.  Without ``ttl`` the proxy's ``cache_decisions``
+    applies (and with 0 nothing is cached).
+    """
 
     allowed: bool
     ttl: float | None = None
     reason: str = ""
+    scope_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.allowed, bool):
+            raise TypeError("Decision.allowed must be a bool")
+        if self.ttl is not None and (isinstance(self.ttl, bool) or not self.ttl >= 0):
+            raise ValueError("Decision.ttl must be a number >= 0 or None")
+        if self.scope_prefix is not None and not isinstance(self.scope_prefix, str):
+            raise TypeError("Decision.scope_prefix must be a str or None")
 
     def __bool__(self) -> bool:
         return self.allowed

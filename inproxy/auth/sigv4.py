@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -210,10 +211,17 @@ class SigV4Authenticator(Authenticator):
         return await self.cache.get(("sigv4-key", self._namespace, access_key), fetch, ttl=self.key_ttl)
 
 
+_QUERY_TOKEN = re.compile(r"(^|&)(X-Amz-Security-Token=)[^&]*")
+
+
 def _redacted(canonical_request: str) -> str:
-    """The canonical request for an error body, without the session token's value."""
+    """The canonical request for an error body, without the session token's value (a header
+    of header auth, a query parameter of a presigned URL)."""
+    lines = canonical_request.split("\n")
+    if len(lines) > 2:
+        lines[2] = _QUERY_TOKEN.sub(r"\1\2<redacted>", lines[2])
     return "\n".join("x-amz-security-token:<redacted>" if line.startswith("x-amz-security-token:") else line
-                     for line in canonical_request.split("\n"))
+                     for line in lines)
 
 
 def _headers_for_signing(request) -> list[tuple[str, str]]:
