@@ -38,7 +38,8 @@ async def main() -> None:
             # boto3 blocks: run it in a thread so the proxy's loop (this one) keeps serving.
             await asyncio.to_thread(s3.put_object, Bucket="reports", Key="2026/q4 summary.txt", Body=b"hello, S3")
             obj = await asyncio.to_thread(s3.get_object, Bucket="reports", Key="2026/q4 summary.txt")
-            print("read back through the proxy:", obj["Body"].read().decode())
+            body = await asyncio.to_thread(obj["Body"].read)  # the body streams from the proxy too
+            print("read back through the proxy:", body.decode())
             listing = await asyncio.to_thread(s3.list_objects_v2, Bucket="reports")
             print("keys:", [o["Key"] for o in listing.get("Contents", [])])
             try:

@@ -277,7 +277,8 @@ def test_canonical_query_string_details():
     assert canonical_query_string("") == ""
     assert canonical_query_string("&&a=1&&") == "a=1"
     assert canonical_query_string("uploads") == "uploads="
-    assert canonical_query_string("a+b=c+d") == "a%2Bb=c%2Bd"  # '+' is not a space
+    assert canonical_query_string("a+b=c+d") == "a%20b=c%20d"  # "+" is a space, as in a form (S3, polars)
+    assert canonical_query_string("a%2Bb=c%2Bd") == "a%2Bb=c%2Bd"  # a literal plus is %2B
     assert canonical_query_string("a%20b=c d") == "a%20b=c%20d"
     assert canonical_query_string("p=%2f%7e%41") == "p=%2F~A"
     assert canonical_query_string("p=100%") == "p=100%25"
@@ -288,7 +289,7 @@ def test_canonical_query_string_details():
     assert canonical_query_string("z=1&\u00e9=2") == "%C3%A9=2&z=1"
     dropped = "X-Amz-Signature=abc&x=1&X-Amz-%53ignature=def&x-amz-signature=keep"
     assert canonical_query_string(dropped, drop={"X-Amz-Signature"}) == "x=1&x-amz-signature=keep"
-    assert parse_query("a+b=c%20d&&e&%zz=%FF") == [("a+b", "c d"), ("e", ""), ("%zz", "\ufffd")]
+    assert parse_query("a+b=c%20d&&e&%zz=%FF") == [("a b", "c d"), ("e", ""), ("%zz", "\ufffd")]
 
 
 def _reference_canonical_query(raw: str) -> str:

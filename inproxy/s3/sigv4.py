@@ -116,7 +116,7 @@ def _canonical_component(raw: str) -> str:
     level (like ``unquote``, but lossless for escapes that are not UTF-8), then re-encoded."""
     if (raw.isalnum() and raw.isascii()) or _is_unreserved(raw) or ("%" in raw and _is_canonical_component(raw)):
         return raw
-    return quote_from_bytes(unquote_to_bytes(_utf8(raw)), "")
+    return quote_from_bytes(unquote_to_bytes(_utf8(raw.replace("+", " "))), "")
 
 
 def canonical_uri(raw_path: str) -> str:
@@ -133,15 +133,22 @@ def canonical_uri(raw_path: str) -> str:
 def parse_query(raw_query: str) -> list[tuple[str, str]]:
     """The decoded ``(name, value)`` pairs of a raw query string, in order: split on ``&``,
     empty pieces skipped, each split on its first ``=`` (a missing value is ``""``), both
-    sides decoded with :func:`urllib.parse.unquote` (so ``+`` stays ``+``)."""
+    sides decoded like a form: ``+`` is a space, as S3 and the SDKs that send it (polars'
+    object_store) mean it; a literal plus arrives as ``%2B``."""
     pairs = []
     if not raw_query:
         return pairs
     for piece in raw_query.split("&"):
         if piece:
             name, _, value = piece.partition("=")
-            pairs.append((unquote(name) if "%" in name else name, unquote(value) if "%" in value else value))
+            pairs.append((_decode_component(name), _decode_component(value)))
     return pairs
+
+
+def _decode_component(raw: str) -> str:
+    if "+" in raw:
+        raw = raw.replace("+", " ")
+    return unquote(raw) if "%" in raw else raw
 
 
 def canonical_query_string(raw_query: str, *, drop: Collection[str] = ()) -> str:
