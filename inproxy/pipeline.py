@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from yarl import URL
 
 from . import errors
@@ -70,6 +71,10 @@ class Pipeline:
         except S3Error as err:
             ctx.error = err
             response = self._error_response(ctx, err)
+        except asyncio.CancelledError as exc:  # the proxy is stopping: still logged once
+            ctx.error = ctx.error or exc
+            await self._logging(ctx)
+            raise
         except Exception as exc:  # a hook or the proxy itself failed: details to the log only
             ctx.error = exc
             log.exception("request %s failed", ctx.request_id)
@@ -244,9 +249,11 @@ class Pipeline:
 
     async def _forward(self, ctx: RequestContext) -> web.StreamResponse:
         up, request = ctx.upstream, ctx.request
-        if ctx.body is not None and request.headers.get("expect", "").lower() == "100-continue":
+        if (ctx.body is not None and request.headers.get("expect", "").lower() == "100-continue"
+                and not ctx.state.get("continue_sent")):
             # Only now, with the client authenticated and authorized, may it send the body.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            ctx.state["continue_sent"] = True
         session = self.pool.session(ctx.backend)
         try:
             upstream = await session.request(
@@ -261,11 +268,12 @@ class Pipeline:
 
     def _upstream_failure(self, ctx: RequestContext, exc: BaseException) -> S3Error:
         body_error = ctx.state.get("body_error")
-        if isinstance(body_error, S3Error):
+        if isinstance(body_error, S3Error):  # the client's body was short or did not verify
             return body_error
+        if body_error is not None:  # request_body_filter raised: a hook failure, not the backend's
+            log.error("request %s: request body failed", ctx.request_id, exc_info=body_error)
+            return errors.InternalError()
         log.warning("request %s: backend %s failed: %r", ctx.request_id, ctx.backend.netloc, exc)
-        if body_error is not None:
-            return errors.IncompleteBody()
         if isinstance(exc, asyncio.TimeoutError):
             return errors.GatewayTimeout()
         return errors.BadGateway()
@@ -281,18 +289,31 @@ class Pipeline:
             response.force_close()
         await response.prepare(ctx.request)
         try:
-            async for chunk in upstream.content.iter_any():
-                if self._filters_response_body:
-                    chunk = await self.hooks.response_body_filter(ctx, chunk)
-                ctx.bytes_out += len(chunk)
-                await response.write(chunk)
-            await response.write_eof()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-            # A short body must never look complete: break the client's connection.
+            await self._relay_body(ctx, upstream, response)
+        except Exception as exc:
+            # The status line is out: another answer is impossible, and a short body must
+            # never look complete.  Breaking the connection is the only signal left.
             ctx.error = exc
+            self._log_broken_response(ctx, exc)
             upstream.close()
             _abort(ctx.request)
         return response
+
+    async def _relay_body(self, ctx: RequestContext, upstream: aiohttp.ClientResponse,
+                          response: web.StreamResponse) -> None:
+        async for chunk in upstream.content.iter_any():
+            if self._filters_response_body:
+                chunk = await self.hooks.response_body_filter(ctx, chunk)
+            ctx.bytes_out += len(chunk)
+            await response.write(chunk)
+        await response.write_eof()
+
+    def _log_broken_response(self, ctx: RequestContext, exc: Exception) -> None:
+        if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)):
+            log.warning("request %s: response cut after %d bytes: %r", ctx.request_id, ctx.bytes_out, exc)
+        else:  # a response hook failed
+            log.error("request %s: response failed after %d bytes", ctx.request_id, ctx.bytes_out,
+                      exc_info=exc)
 
     # -- errors and logging -----------------------------------------------------------------
 
@@ -331,9 +352,12 @@ class Pipeline:
 async def _client_body(request: web.BaseRequest, declared: int | None) -> AsyncIterator[bytes]:
     """The client's raw body; ending before Content-Length is an error, not a short upload."""
     received = 0
-    async for chunk in request.content.iter_any():
-        received += len(chunk)
-        yield chunk
+    try:
+        async for chunk in request.content.iter_any():
+            received += len(chunk)
+            yield chunk
+    except (ConnectionError, RequestPayloadError) as exc:  # the client went away mid-body
+        raise errors.IncompleteBody() from exc
     if declared is not None and received != declared:
         raise errors.IncompleteBody()
 

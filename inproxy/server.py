@@ -10,7 +10,10 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
+from . import errors
 from .auth.sigv4 import SigV4Authenticator
 from .auth.tokens import TokenIssuer
 from .backend import Backend, BackendMap
@@ -23,6 +26,8 @@ from .secrets import SecretsCache
 from .upstream import UpstreamPool
 
 log = logging.getLogger("inproxy")
+# After the grace period, how long cancelled requests and aiohttp's own clean-up may take.
+_ABORT_SECONDS = 3.0
 
 
 class ProxyServer:
@@ -98,6 +103,8 @@ class ProxyServer:
                 endpoint.bind(self)
         self._runner: web.BaseRunner | None = None
         self._site: web.TCPSite | None = None
+        # Handler tasks of the requests being answered, so that stop() can wait for them.
+        self._in_flight: set[asyncio.Task] = set()
         self.port: int | None = None
 
     @property
@@ -120,14 +127,14 @@ class ProxyServer:
         """Bind and start serving in the running event loop."""
         if self._runner is not None:
             raise RuntimeError("already started")
-        server = web.Server(self.pipeline.handle, auto_decompress=False, access_log=None,
-                            max_field_size=self.pipeline.max_header_bytes,
-                            max_line_size=self.pipeline.max_header_bytes)
+        server = _S3Server(self._serve, auto_decompress=False, access_log=None,
+                           max_field_size=self.pipeline.max_header_bytes,
+                           max_line_size=self.pipeline.max_header_bytes)
         runner = web.ServerRunner(server, handle_signals=False, access_log=None,
                                   shutdown_timeout=self.shutdown_timeout)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=self.ssl,
-                           shutdown_timeout=self.shutdown_timeout, reuse_address=True)
+                           reuse_address=True)
         try:
             await site.start()
         except BaseException:
@@ -138,18 +145,59 @@ class ProxyServer:
         log.info("inproxy listening on %s", self.endpoint_url)
         return self
 
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The pipeline, with each request's task known to stop().  aiohttp runs one task per
+        request, which also writes a returned response: the request is done when the task is."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return await self.pipeline.handle(request)
+
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish within ``shutdown_timeout``, then close."""
-        runner, self._runner = self._runner, None
+        """Stop accepting, let in-flight requests finish within ``shutdown_timeout``, then close.
+
+        Returns within ``shutdown_timeout`` plus a few seconds whatever clients and backends
+        do: requests still running after the grace period are aborted.
+        """
+        runner, site = self._runner, self._site
+        self._runner = self._site = None
         if runner is None:
             return
+        server = runner.server
         try:
-            await asyncio.wait_for(runner.cleanup(), self.shutdown_timeout + 5)
-        except asyncio.TimeoutError:
-            log.warning("inproxy: shutdown exceeded its grace period; connections dropped")
+            if site is not None:
+                await site.stop()  # no new connections from here on
+            if server is not None:
+                server.pre_shutdown()  # idle keep-alive connections close now, busy ones after their answer
+            await self._finish_in_flight()
         finally:
             await self._pool.close()
+            if server is not None:
+                # Nothing is being answered any more: what is left idles, or waits for a refused
+                # body that may never come.  Closing still delivers what is buffered.
+                for connection in server.connections:
+                    connection.force_close()
+            await self._cleanup(runner)
             self.port = None
+
+    async def _finish_in_flight(self) -> None:
+        running = set(self._in_flight)
+        if running:
+            _, running = await asyncio.wait(running, timeout=self.shutdown_timeout)
+        if running:
+            log.warning("inproxy: %d request(s) still running after the %.1f s grace period; aborting them",
+                        len(running), self.shutdown_timeout)
+            for task in running:
+                task.cancel()
+            await asyncio.wait(running, timeout=_ABORT_SECONDS)
+
+    async def _cleanup(self, runner: web.BaseRunner) -> None:
+        """aiohttp's own clean-up, bounded (its handlers are finished or aborted by now)."""
+        try:
+            await asyncio.wait_for(runner.cleanup(), _ABORT_SECONDS)
+        except asyncio.TimeoutError:
+            log.warning("inproxy: aiohttp's clean-up did not finish in %.0f s; going on", _ABORT_SECONDS)
 
     async def __aenter__(self) -> "ProxyServer":
         return await self.start()
@@ -172,6 +220,67 @@ class ProxyServer:
             yield proxy
         finally:
             runner.stop()
+
+
+class _S3Server(web.Server):
+    """aiohttp's low-level server whose own answers (requests it cannot parse, header
+    limits) are S3 XML errors too, so every client sees one error format."""
+
+    def __call__(self) -> RequestHandler:
+        # What web.Server.__call__ does, with our handler class (aiohttp offers no option for it).
+        return _S3RequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def _make_request(self, message, payload, protocol, writer, task) -> web.BaseRequest:
+        # The connection remembers its latest request body, for _S3RequestHandler.connection_lost.
+        if isinstance(protocol, _S3RequestHandler):
+            protocol.last_payload = payload
+        return super()._make_request(message, payload, protocol, writer, task)
+
+
+class _S3RequestHandler(RequestHandler):
+    """aiohttp's connection handler, with S3 XML errors and an end to lingering on lost connections."""
+
+    last_payload: Any = None  # the body of the connection's latest request
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        # After an answer that left the body unread (a refusal), aiohttp keeps reading it for
+        # up to 10 s.  If the client leaves meanwhile that body never ends, and stop() would
+        # wait on it: end it.  A body a handler is still reading has aiohttp's error already.
+        payload, self.last_payload = self.last_payload, None
+        if payload is not None and payload.exception() is None and not payload.is_eof():
+            payload.feed_eof()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            # A response is already on the wire: only a broken connection can tell the client.
+            raise ConnectionError("response already started; cannot answer an error")
+        err = _http_error(status, exc)
+        request_id = errors.new_request_id()
+        if err.status >= 500:  # a bug, not a bad client: keep the traceback
+            log.error("request %s from %s failed", request_id, request.remote, exc_info=exc)
+        else:
+            # The exception's text may quote a header (an Authorization value): log its type only.
+            log.warning("request %s from %s refused by the HTTP parser: %s (%d)", request_id,
+                        request.remote, type(exc).__name__ if exc else message, status)
+        response = web.Response(status=err.status, body=err.to_xml(request_id=request_id),
+                                content_type="application/xml",
+                                headers={"x-amz-request-id": request_id})
+        response.force_close()  # the parser's state is unknown: never read another request here
+        return response
+
+
+def _http_error(status: int, exc: BaseException | None) -> errors.S3Error:
+    """The S3 error for a request aiohttp refused before the pipeline saw it."""
+    # aiohttp has no exception class for "too many headers": its message is all there is.
+    if isinstance(exc, LineTooLong) or "too many headers" in str(exc).lower():
+        return errors.RequestHeaderSectionTooLarge()
+    if status == 400:
+        return errors.InvalidRequest("The request is not valid HTTP/1.1.")
+    if status == 504:
+        return errors.GatewayTimeout()
+    return errors.InternalError()
 
 
 class _ThreadRunner:
