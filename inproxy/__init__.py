@@ -25,6 +25,8 @@ from .hooks import (
     blocking,
 )
 from .identity import ANONYMOUS, Identity
+from .policy import PrefixPolicy, Rule
+from .presign import presign_url
 from .providers import AWSDefaultChain, IBMIAMToken
 from .secrets import Cached, SecretsCache
 from .server import ProxyServer
@@ -35,6 +37,6 @@ __all__ = [
     "ANONYMOUS", "AWSDefaultChain", "AccessRequest", "AllowAll", "Authenticator", "Authorizer",
     "Backend", "BearerAuthenticator", "Cached", "CredentialProvider", "Credentials", "Decision",
     "DenyAll", "IBMIAMToken", "Identity", "JWTVerifier", "KeyStore", "MTLSAuthenticator",
-    "ProxyHooks", "ProxyServer", "RequestContext", "S3Error", "STSEndpoint", "SecretsCache",
-    "SigV4Authenticator", "SimpleTokenAuth", "UpstreamRequest", "blocking",
+    "PrefixPolicy", "ProxyHooks", "ProxyServer", "RequestContext", "Rule", "S3Error", "STSEndpoint", "SecretsCache",
+    "SigV4Authenticator", "SimpleTokenAuth", "UpstreamRequest", "blocking", "presign_url",
 ]

@@ -600,3 +600,52 @@ def subprocess_env(proxy: Any, base: Mapping[str, str] | None = None, *,
     env.update(environ(proxy, **kwargs))
     return env
 
+
+
+class ClientHelpers:
+    """The client helpers of this module as methods of :class:`~inproxy.ProxyServer`.
+
+    Each call issues fresh credentials for ``identity`` (default ``"default"``)
+    unless ``credentials=`` is given; see the module functions for the options.
+    """
+
+    def client_config(self, **kwargs: Any) -> ClientConfig:
+        """Endpoint, keys, session token and region for a client of this proxy."""
+        return client_config(self, **kwargs)
+
+    def boto3_client(self, **kwargs: Any) -> Any:
+        """A boto3 S3 client for this proxy."""
+        return boto3_client(self, **kwargs)
+
+    def boto3_session(self, **kwargs: Any) -> Any:
+        """A boto3 Session whose S3 clients and resources go to this proxy."""
+        return boto3_session(self, **kwargs)
+
+    def storage_options(self, kind: str = "s3fs", **kwargs: Any) -> dict[str, Any]:
+        """The ``storage_options`` dict for ``kind`` (s3fs, pandas, polars, pyarrow, duckdb...)."""
+        return storage_options(self, kind, **kwargs)
+
+    def pyarrow_filesystem(self, **kwargs: Any) -> Any:
+        """A ``pyarrow.fs.S3FileSystem`` for this proxy."""
+        return pyarrow_filesystem(self, **kwargs)
+
+    def configure_duckdb(self, con: Any = None, **kwargs: Any) -> Any:
+        """Load httpfs (offline) and create the S3 secret for this proxy in a DuckDB connection."""
+        return configure_duckdb(self, con, **kwargs)
+
+    def environ(self, **kwargs: Any) -> dict[str, str]:
+        """Environment variables that point subprocess tools (aws cli, rclone, s5cmd) here."""
+        return environ(self, **kwargs)
+
+    def patched_environ(self, **kwargs: Any):
+        """A context manager that sets :meth:`environ` in ``os.environ`` while it lasts."""
+        return patched_environ(self, **kwargs)
+
+    def presign(self, identity_or_credentials: Any, operation: str, bucket: str, key: str, *,
+                expires_in: int = 3600, params: Mapping[str, str] | None = None,
+                region: str = DEFAULT_REGION) -> str:
+        """A presigned URL on this proxy's endpoint that any HTTP client can use."""
+        from .presign import presign_url
+
+        return presign_url(self, identity_or_credentials, operation, bucket, key,
+                           expires_in=expires_in, params=params, region=region)

@@ -14,18 +14,19 @@ from aiohttp.web_protocol import RequestPayloadError
 from yarl import URL
 
 from . import errors
-from .authorize import authorize_request
+from .authorize import authorize_request, is_allowed, upstream_headers
 from .context import RequestContext, UpstreamRequest
 from .errors import S3Error
-from .hooks import Authenticator, Authorizer, Decision, ProxyHooks
+from .hooks import Authenticator, Authorizer, ProxyHooks
 from .s3 import sigv4
 from .s3.chunked import AwsChunkedDecoder
 from .s3.headers import PRESIGN_PARAMS, forwarded_headers, headers_to_sign, response_headers
+from .s3 import rename
 from .s3.request import parse_s3_request
 from .s3.xml import list_buckets_xml
 
 if TYPE_CHECKING:
-    from .backend import Backend, BackendMap
+    from .backend import BackendMap
     from .credentials import Credentials
     from .secrets import SecretsCache
     from .upstream import UpstreamPool
@@ -36,6 +37,10 @@ _STREAMING_PREFIX = "STREAMING-"
 
 class Pipeline:
     """One proxy's request handler; all of its state is per proxy."""
+
+    # Applies what authorization leaves in ctx.state (see inproxy.authorize): a buffered
+    # body, upstream headers, an already-sent 100 Continue.
+    honours_authorization_state = True
 
     def __init__(self, *, backends: "BackendMap", authenticators: Sequence[Authenticator],
                  authorizer: Authorizer, credential_provider, hooks: ProxyHooks,
@@ -121,24 +126,10 @@ class Pipeline:
         raise errors.AccessDenied()
 
     async def is_allowed(self, access) -> bool:
-        """Ask the authorizer; a hook that raises or times out denies (and is logged)."""
-        if self.cache_decisions <= 0:
-            return bool(await self._ask_authorizer(access))
-        key = ("authz", self.cache_namespace, access.cache_key)
-        return bool(await self.cache.get(key, lambda: self._ask_authorizer(access),
-                                         ttl=self.cache_decisions))
-
-    async def _ask_authorizer(self, access) -> "bool | Decision":
-        try:
-            decision = await asyncio.wait_for(self.authorizer.authorize(access), self.authorize_timeout)
-        except Exception:
-            log.exception("authorizer failed for %s %s; denying", access.operation, access.bucket)
-            return False
-        if isinstance(decision, Decision):
-            from .secrets import Cached
-
-            return Cached(decision.allowed, ttl=decision.ttl) if decision.ttl is not None else decision.allowed
-        return bool(decision)
+        """Ask the authorizer through the decision caches (inproxy.authorize.is_allowed): keyed
+        by every input, scoped decisions, a Decision's own ttl; a hook that raises, times out
+        or answers anything but a bool or a Decision denies, and that denial is not cached."""
+        return await is_allowed(self, access)
 
     async def _list_buckets(self, ctx: RequestContext) -> web.StreamResponse:
         """ListBuckets is answered by the proxy: the configured buckets this identity may see."""
@@ -172,6 +163,7 @@ class Pipeline:
         client_hash = request.headers.get("x-amz-content-sha256", "")
         chunked = client_hash.startswith(_STREAMING_PREFIX) or _has_aws_chunked(request)
         headers = forwarded_headers(request.headers.items(), decoding_chunked=chunked)
+        headers.update(upstream_headers(self, ctx))  # content-md5, a rewritten x-amz-copy-source
         encoded_key = sigv4.uri_encode(s3.key, keep_slash=True) if s3.key is not None else None
         host, path = backend.locate(s3.bucket, encoded_key)
         query = sigv4.canonical_query_string(s3.raw_query, drop=PRESIGN_PARAMS)
@@ -179,11 +171,17 @@ class Pipeline:
         if ctx.body_length is not None and (ctx.body is not None or request.method in ("PUT", "POST")):
             headers["content-length"] = str(ctx.body_length)
         payload_hash = client_hash if sigv4.is_sha256_hex(client_hash) and not chunked else sigv4.UNSIGNED_PAYLOAD
+        buffered = ctx.state.get("buffered_body")
+        if buffered is not None:  # held whole: sign its real hash (unless a hook may change it)
+            payload_hash = sigv4.UNSIGNED_PAYLOAD if self._filters_body else hashlib.sha256(buffered).hexdigest()
         return UpstreamRequest(request.method, backend.scheme, host, path, query, headers, payload_hash)
 
     def _request_body(self, ctx: RequestContext, chunked: bool,
                       client_hash: str) -> tuple[AsyncIterator[bytes] | None, int | None]:
         request = ctx.request
+        buffered = ctx.state.get("buffered_body")
+        if buffered is not None:  # read, verified and authorized already (DeleteObjects)
+            return self._filtered_body(ctx, _once(buffered)), len(buffered)
         declared = request.content_length
         if chunked:
             decoded = request.headers.get("x-amz-decoded-content-length")
@@ -213,10 +211,13 @@ class Pipeline:
             # Signed chunks from an identity that did not sign with SigV4 (no verifier was set up).
             log.debug("request %s: chunk signatures present but not verified by this authenticator",
                       ctx.request_id)
+        # Only the -TRAILER variant ends with a signed trailer; expecting one otherwise would
+        # fail every plain signed-chunk upload (Java SDK v1, minio-go over HTTP).
+        signed_trailer = client_hash == sigv4.STREAMING_PAYLOAD_TRAILER
         return AwsChunkedDecoder(
             decoded_length=decoded_length, trailer_names=names,
             chunk_verifier=getattr(verifier, "verify_chunk", None),
-            trailer_verifier=getattr(verifier, "verify_trailer", None),
+            trailer_verifier=getattr(verifier, "verify_trailer", None) if signed_trailer else None,
         )
 
     async def _filtered_body(self, ctx: RequestContext, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -280,6 +281,7 @@ class Pipeline:
 
     async def _relay_response(self, ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         headers = response_headers(upstream.headers.items())
+        chunks = await self._renamed_xml(ctx, upstream, headers) or upstream.content.iter_any()
         await self.hooks.response_filter(ctx, upstream.status, headers)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for name, value in headers:
@@ -289,7 +291,7 @@ class Pipeline:
             response.force_close()
         await response.prepare(ctx.request)
         try:
-            await self._relay_body(ctx, upstream, response)
+            await self._relay_body(ctx, chunks, response)
         except Exception as exc:
             # The status line is out: another answer is impossible, and a short body must
             # never look complete.  Breaking the connection is the only signal left.
@@ -299,9 +301,21 @@ class Pipeline:
             _abort(ctx.request)
         return response
 
-    async def _relay_body(self, ctx: RequestContext, upstream: aiohttp.ClientResponse,
+    async def _renamed_xml(self, ctx: RequestContext, upstream: aiohttp.ClientResponse,
+                           headers: list[tuple[str, str]]) -> AsyncIterator[bytes] | None:
+        """For a renamed bucket, the backend's small XML answer with the client's bucket name
+        (and its Content-Length fixed); None when the body streams through untouched."""
+        real = ctx.backend.backend_bucket(ctx.s3.bucket)
+        if real == ctx.s3.bucket or ctx.request.method == "HEAD" or not rename.is_rewritable(upstream.headers.get("content-type"),
+                                                              upstream.headers.get("content-length")):
+            return None
+        body = rename.rename_bucket(await upstream.content.read(), real, ctx.s3.bucket)
+        headers[:] = [(n, str(len(body)) if n.lower() == "content-length" else v) for n, v in headers]
+        return _once(body)
+
+    async def _relay_body(self, ctx: RequestContext, chunks: AsyncIterator[bytes],
                           response: web.StreamResponse) -> None:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in chunks:
             if self._filters_response_body:
                 chunk = await self.hooks.response_body_filter(ctx, chunk)
             ctx.bytes_out += len(chunk)
@@ -360,6 +374,11 @@ async def _client_body(request: web.BaseRequest, declared: int | None) -> AsyncI
         raise errors.IncompleteBody() from exc
     if declared is not None and received != declared:
         raise errors.IncompleteBody()
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data
 
 
 async def _sha256_checked(body: AsyncIterator[bytes], expected: str) -> AsyncIterator[bytes]:

@@ -5,32 +5,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from aiohttp import web
-from aiohttp.http_exceptions import LineTooLong
-from aiohttp.web_protocol import RequestHandler
 
-from . import errors
 from .auth.sigv4 import SigV4Authenticator
 from .auth.tokens import TokenIssuer
 from .backend import Backend, BackendMap
+from .clients import ClientHelpers
 from .credentials import Credentials
 from .hooks import ProxyHooks, as_authenticator, as_authorizer, as_credential_provider
 from .identity import Identity
 from .pipeline import Pipeline
 from .s3.sigv4 import Signer
 from .secrets import SecretsCache
+from .threaded import ThreadRunner
 from .upstream import UpstreamPool
+from .web_protocol import S3Server
 
 log = logging.getLogger("inproxy")
 # After the grace period, how long cancelled requests and aiohttp's own clean-up may take.
 _ABORT_SECONDS = 3.0
 
 
-class ProxyServer:
+class ProxyServer(ClientHelpers):
     """An S3 reverse proxy bound in the running event loop.
 
     ``async with ProxyServer(backends=..., authenticator=..., authorizer=...) as proxy:``
@@ -83,7 +82,7 @@ class ProxyServer:
         self._pool = UpstreamPool()
         self.issuer = TokenIssuer(token_key)
         signer = Signer()
-        sigv4_auth = SigV4Authenticator(keys, issuer=self.issuer, cache=self.cache, key_ttl=key_ttl,
+        self.sigv4 = sigv4_auth = SigV4Authenticator(keys, issuer=self.issuer, cache=self.cache, key_ttl=key_ttl,
                                         max_skew=max_skew, signer=signer)
         custom = authenticator if isinstance(authenticator, (list, tuple)) else [authenticator]
         authenticators = [as_authenticator(a, in_thread=sync_hooks_in_thread) for a in custom if a is not None]
@@ -127,7 +126,7 @@ class ProxyServer:
         """Bind and start serving in the running event loop."""
         if self._runner is not None:
             raise RuntimeError("already started")
-        server = _S3Server(self._serve, auto_decompress=False, access_log=None,
+        server = S3Server(self._serve, auto_decompress=False, access_log=None,
                            max_field_size=self.pipeline.max_header_bytes,
                            max_line_size=self.pipeline.max_header_bytes)
         runner = web.ServerRunner(server, handle_signals=False, access_log=None,
@@ -214,119 +213,9 @@ class ProxyServer:
             with ProxyServer.run_in_thread(backends=..., authorizer=...) as proxy:
                 boto3.client("s3", endpoint_url=proxy.endpoint_url, ...)
         """
-        runner = _ThreadRunner(lambda: cls(*args, **kwargs), loop_factory)
+        runner = ThreadRunner(lambda: cls(*args, **kwargs), loop_factory)
         proxy = runner.start()
         try:
             yield proxy
         finally:
             runner.stop()
-
-
-class _S3Server(web.Server):
-    """aiohttp's low-level server whose own answers (requests it cannot parse, header
-    limits) are S3 XML errors too, so every client sees one error format."""
-
-    def __call__(self) -> RequestHandler:
-        # What web.Server.__call__ does, with our handler class (aiohttp offers no option for it).
-        return _S3RequestHandler(self, loop=self._loop, **self._kwargs)
-
-    def _make_request(self, message, payload, protocol, writer, task) -> web.BaseRequest:
-        # The connection remembers its latest request body, for _S3RequestHandler.connection_lost.
-        if isinstance(protocol, _S3RequestHandler):
-            protocol.last_payload = payload
-        return super()._make_request(message, payload, protocol, writer, task)
-
-
-class _S3RequestHandler(RequestHandler):
-    """aiohttp's connection handler, with S3 XML errors and an end to lingering on lost connections."""
-
-    last_payload: Any = None  # the body of the connection's latest request
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        super().connection_lost(exc)
-        # After an answer that left the body unread (a refusal), aiohttp keeps reading it for
-        # up to 10 s.  If the client leaves meanwhile that body never ends, and stop() would
-        # wait on it: end it.  A body a handler is still reading has aiohttp's error already.
-        payload, self.last_payload = self.last_payload, None
-        if payload is not None and payload.exception() is None and not payload.is_eof():
-            payload.feed_eof()
-
-    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
-        if request.writer.output_size > 0:
-            # A response is already on the wire: only a broken connection can tell the client.
-            raise ConnectionError("response already started; cannot answer an error")
-        err = _http_error(status, exc)
-        request_id = errors.new_request_id()
-        if err.status >= 500:  # a bug, not a bad client: keep the traceback
-            log.error("request %s from %s failed", request_id, request.remote, exc_info=exc)
-        else:
-            # The exception's text may quote a header (an Authorization value): log its type only.
-            log.warning("request %s from %s refused by the HTTP parser: %s (%d)", request_id,
-                        request.remote, type(exc).__name__ if exc else message, status)
-        response = web.Response(status=err.status, body=err.to_xml(request_id=request_id),
-                                content_type="application/xml",
-                                headers={"x-amz-request-id": request_id})
-        response.force_close()  # the parser's state is unknown: never read another request here
-        return response
-
-
-def _http_error(status: int, exc: BaseException | None) -> errors.S3Error:
-    """The S3 error for a request aiohttp refused before the pipeline saw it."""
-    # aiohttp has no exception class for "too many headers": its message is all there is.
-    if isinstance(exc, LineTooLong) or "too many headers" in str(exc).lower():
-        return errors.RequestHeaderSectionTooLarge()
-    if status == 400:
-        return errors.InvalidRequest("The request is not valid HTTP/1.1.")
-    if status == 504:
-        return errors.GatewayTimeout()
-    return errors.InternalError()
-
-
-class _ThreadRunner:
-    """A proxy in a background thread: started synchronously, stopped synchronously."""
-
-    def __init__(self, make_proxy: Callable[[], ProxyServer],
-                 loop_factory: Callable[[], asyncio.AbstractEventLoop] | None) -> None:
-        self._make_proxy, self._loop_factory = make_proxy, loop_factory
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._proxy: ProxyServer | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="inproxy", daemon=True)
-
-    def start(self) -> ProxyServer:
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._proxy is not None
-        return self._proxy
-
-    def stop(self) -> None:
-        if self._loop is not None and self._proxy is not None:
-            asyncio.run_coroutine_threadsafe(self._proxy.stop(), self._loop).result()
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-
-    def _run(self) -> None:
-        loop = self._loop_factory() if self._loop_factory else asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        try:
-            self._proxy = loop.run_until_complete(self._start())
-        except BaseException as exc:  # reported to the starting thread
-            self._error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _start(self) -> ProxyServer:
-        proxy = self._make_proxy()
-        return await proxy.start()

@@ -43,9 +43,10 @@ def _new_session(backend: Backend) -> aiohttp.ClientSession:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=backend.connect_timeout,
                                     sock_read=backend.read_timeout)
     # auto_decompress off: bytes pass through exactly as the backend sent them.
-    # No cookie jar, no default headers: the proxy sends what it signed and nothing else.
+    # No cookie jar, no default headers: the proxy sends what the client sent and it signed,
+    # nothing of aiohttp's own (a default Content-Type would change the stored object's type).
     return aiohttp.ClientSession(
         connector=connector, timeout=timeout, auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",),
+        cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent", "Content-Type", "Accept", "Accept-Encoding"),
         read_bufsize=2**18,
     )

@@ -17,8 +17,11 @@ for _name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_
 @pytest.fixture(scope="session")
 def seaweed():
     """A SeaweedFS server that verifies SigV4 signatures."""
-    with SeaweedFS() as server:
+    server = SeaweedFS().start()
+    try:
         yield server.info
+    finally:
+        server.stop(timeout=5)  # weed sometimes ignores SIGTERM after large transfers
 
 
 @pytest.fixture(scope="session")

@@ -575,7 +575,6 @@ class Upstream(ProxyHooks):
             self.headers.append(dict(ctx.upstream.headers))
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_PIPELINE)
 def test_delete_objects_allowed_deletes_and_adds_content_md5(seaweed, relay, direct, bucket):
     keys = [f"del/{i}" for i in range(5)]
     for key in keys:
@@ -598,7 +597,6 @@ def _delete_objects_raw(proxy, bucket: str, body: bytes, *, headers: dict | None
     return raw_request(proxy.port, "POST", f"{path}?{query}", signed_headers, body if content is None else content)
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_PIPELINE)
 def test_delete_objects_forwards_exactly_the_authorized_body(seaweed, relay, direct, bucket):
     """A hand-made body (no Content-MD5) is forwarded byte for byte with its MD5 added."""
     put_direct(direct, bucket, "raw/1")
@@ -614,7 +612,6 @@ def test_delete_objects_forwards_exactly_the_authorized_body(seaweed, relay, dir
     assert not exists(direct, bucket, "raw/1")
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_PIPELINE)
 def test_delete_objects_aws_chunked_body(seaweed, relay, direct, bucket):
     put_direct(direct, bucket, "chunked/1")
     response, _ = _chunked_delete(seaweed, relay, bucket, ["chunked/1"], allow_all)
@@ -768,7 +765,6 @@ def test_copy_that_needs_a_header_rewrite_is_refused_until_the_pipeline_does_it(
     assert not exists(direct, bucket, "dst/x") and not exists(direct, bucket, "dst/z")
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_PIPELINE + " (x-amz-copy-source rewritten for the backend)")
 def test_copy_within_a_renamed_bucket(seaweed, relay, direct, bucket):
     put_direct(direct, bucket, "src/x", b"renamed source")
     renamed = relay.backend(seaweed, bucket=bucket)
@@ -778,7 +774,6 @@ def test_copy_within_a_renamed_bucket(seaweed, relay, direct, bucket):
     assert f"x-amz-copy-source: /{bucket}/src/x".encode() in relay.data().lower()
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_PIPELINE + " (x-amz-copy-source rewritten canonically)")
 def test_copy_source_is_sent_as_authorized(seaweed, relay, direct, bucket):
     """A raw '+' in the header is the key character '+' (what was authorized), whatever the
     backend would make of it."""
@@ -836,7 +831,6 @@ def test_prefix_policy_list_buckets(seaweed, relay, direct, bucket):
         assert client(proxy, BOB_KEY, BOB_SECRET).list_buckets()["Buckets"] == []
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_IS_ALLOWED + " (a failing authorizer's denial is cached today)")
 def test_list_buckets_does_not_cache_a_failing_authorizer(seaweed, relay, bucket):
     calls = []
 
@@ -852,7 +846,6 @@ def test_list_buckets_does_not_cache_a_failing_authorizer(seaweed, relay, bucket
         assert [b["Name"] for b in client(proxy).list_buckets()["Buckets"]] == [bucket]
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_IS_ALLOWED + " (Decision.ttl ignored when cache_decisions=0)")
 def test_list_buckets_honours_a_decision_ttl(seaweed, relay, bucket):
     authorizer = Recorder(lambda a: Decision(True, ttl=60))
     with running(seaweed, relay, authorizer=authorizer, backends={bucket: relay.backend(seaweed)}) as proxy:

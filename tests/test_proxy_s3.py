@@ -254,10 +254,6 @@ def test_put_get_head_delete(target):
     assert head_status(s3, bucket, "dir/obj.bin") == 404
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: authorize.py reads and authorizes the DeleteObjects body, but the pipeline does not "
-    "implement its contract (honours_authorization_state / ctx.state['buffered_body']): every "
-    "DeleteObjects is answered NotImplemented"))
 def test_delete_objects(target):
     proxy, info, kind = target
     s3, backend = via(proxy), direct(info)
@@ -345,10 +341,6 @@ def _signed_chunks_put(url: str, data: bytes, chunk_size: int, *, corrupt: int |
     return requests.put(prepared.url, headers=dict(prepared.headers), data=body, timeout=60)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Pipeline._chunk_decoder passes the SigV4 verifier's verify_trailer for every "
-    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD body, so the decoder waits for a trailer that "
-    "this mode never has: every such upload fails with 400 IncompleteBody"))
 def test_signed_chunks_upload(sw_proxy, seaweed, sw_bucket):
     backend = direct(seaweed)
     data = random_bytes(200_000, 14)
@@ -387,10 +379,6 @@ def test_signed_chunks_with_trailer(sw_proxy, seaweed, sw_bucket):
         assert head_status(backend, sw_bucket, "signed-trailer" + suffix) == 404
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: aiohttp adds 'Content-Type: application/octet-stream' (and 'Accept: */*') to every "
-    "upstream request with a body, unsigned: an object PUT without Content-Type is stored with "
-    "a type the client never sent (AWS and moto store binary/octet-stream, SeaweedFS sniffs)"))
 def test_no_content_type_added(target):
     proxy, info, kind = target
     s3, backend = via(proxy), direct(info)
@@ -1032,9 +1020,6 @@ def test_renamed_bucket(seaweed):
         assert [o["Key"] for o in backend.list_objects_v2(Bucket=real)["Contents"]] == ["dir/ren amed+.bin", "mp"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the pipeline forwards the backend's XML untouched: ListBucketResult/Name and "
-    "CompleteMultipartUploadResult/Bucket name the backend's bucket, not the client's alias"))
 def test_renamed_bucket_responses_name_the_alias(seaweed):
     backend = direct(seaweed)
     real, alias = unique("real"), unique("alias")
@@ -1051,9 +1036,6 @@ def test_renamed_bucket_responses_name_the_alias(seaweed):
         assert names == [alias, alias, alias]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the pipeline does not send authorize.upstream_headers(): x-amz-copy-source keeps the "
-    "client's bucket name, so a copy inside a renamed bucket is refused (NotImplemented)"))
 def test_renamed_bucket_copy(seaweed):
     backend = direct(seaweed)
     real, alias = unique("real"), unique("alias")
