@@ -246,6 +246,14 @@ def scoped_decisions(pipeline: "Pipeline") -> ScopedDecisions:
         return store
 
 
+async def _within(awaitable, seconds: float):
+    """Await with a deadline; asyncio.timeout (3.11+) costs a timer, wait_for a whole task."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
+
+
 async def is_allowed(pipeline: "Pipeline", access: AccessRequest) -> bool:
     """Ask the pipeline's authorizer, through the decision caches.
 
@@ -283,7 +291,7 @@ async def is_allowed(pipeline: "Pipeline", access: AccessRequest) -> bool:
 async def _ask(pipeline: "Pipeline", access: AccessRequest, store: ScopedDecisions,
                default_ttl: float) -> "bool | Cached[bool]":
     try:
-        decision = await asyncio.wait_for(pipeline.authorizer.authorize(access), pipeline.authorize_timeout)
+        decision = await _within(pipeline.authorizer.authorize(access), pipeline.authorize_timeout)
     except Exception as exc:
         # The type and where, never the message: a hook's message may carry anything.
         log.warning("authorizer failed (%s) for %s on %s; denying", type(exc).__name__,

@@ -174,16 +174,11 @@ class SigV4Authenticator(Authenticator):
         request = ctx.request
         key = self.signer.signing_key(secret, auth.date, auth.region, auth.service)
         headers_block = sigv4.canonical_headers(_headers_for_signing(request), auth.signed_headers)
-        raw_path = ctx.s3.raw_path
-        paths = [raw_path]
-        normalised = sigv4.canonical_uri(raw_path)
-        if normalised != raw_path:
-            paths.append(normalised)
-        for path in paths:
+        for path in _candidate_paths(ctx.s3.raw_path):
             canonical = sigv4.canonical_request(request.method, path, query, headers_block,
                                                 auth.signed_headers, payload_hash)
             to_sign = sigv4.string_to_sign(amz_date, auth.scope, canonical)
-            if sigv4.signatures_equal(sigv4.signature(key, to_sign), auth.signature):
+            if sigv4.signatures_equal(self.signer.signature(key, to_sign), auth.signature):
                 return key
         raise errors.SignatureDoesNotMatch(AWSAccessKeyId=auth.access_key, StringToSign=to_sign,
                                            CanonicalRequest=_redacted(canonical))
@@ -212,6 +207,14 @@ class SigV4Authenticator(Authenticator):
 
 
 _QUERY_TOKEN = re.compile(r"(^|&)(X-Amz-Security-Token=)[^&]*")
+
+
+def _candidate_paths(raw_path: str):
+    """The raw path as sent, then (only if that fails) its canonical form."""
+    yield raw_path
+    normalised = sigv4.canonical_uri(raw_path)
+    if normalised != raw_path:
+        yield normalised
 
 
 def _redacted(canonical_request: str) -> str:

@@ -17,6 +17,8 @@ import secrets
 import time
 from typing import Any, Mapping
 
+from cachetools import LRUCache
+
 from ..credentials import Credentials
 from ..errors import ExpiredToken, InvalidAccessKeyId, InvalidToken
 from ..identity import Identity
@@ -32,6 +34,8 @@ class TokenIssuer:
         self._key = key if key is not None else secrets.token_bytes(32)
         if len(self._key) < 16:
             raise ValueError("token key must be at least 16 bytes")
+        # Opened tokens, so a client's every request does not re-parse and re-MAC its token.
+        self._opened: LRUCache = LRUCache(maxsize=4096)
 
     def __repr__(self) -> str:
         return "TokenIssuer(<key hidden>)"
@@ -54,13 +58,22 @@ class TokenIssuer:
 
     def open(self, access_key: str, session_token: str, *, now: float | None = None) -> tuple[str, Identity]:
         """The (secret, Identity) behind a token presented with ``access_key``; raise on anything wrong."""
-        body = self._unseal(session_token)
-        if not hmac.compare_digest(access_key.encode(), self._access_key(session_token).encode()):
+        opened = self._opened.get(session_token)
+        if opened is None:
+            opened = self._open(session_token)
+            self._opened[session_token] = opened
+        expected_key, secret, identity, expires = opened
+        if not hmac.compare_digest(access_key.encode(), expected_key.encode()):
             raise InvalidAccessKeyId()
-        if (time.time() if now is None else now) >= body["exp"]:
+        if (time.time() if now is None else now) >= expires:
             raise ExpiredToken()
+        return secret, identity
+
+    def _open(self, session_token: str) -> tuple[str, str, Identity, int]:
+        body = self._unseal(session_token)
+        access_key = self._access_key(session_token)
         identity = Identity(name=body["sub"], method=body["m"], claims=body.get("c", {}), token=access_key)
-        return self._secret(session_token), identity
+        return access_key, self._secret(session_token), identity, body["exp"]
 
     def _unseal(self, token: str) -> Mapping[str, Any]:
         try:

@@ -551,8 +551,11 @@ class Signer:
         self._last_amz_date = ""
         self._hmac_states: dict[bytes, tuple] = {}
 
+    def signature(self, signing_key: bytes, string_to_sign: str) -> str:
+        """Like the module's :func:`signature`, with this signer's cached HMAC states."""
+        return _hmac_hex(signing_key, string_to_sign.encode("utf-8", "surrogatepass"), self._hmac_states)
+
     # streaming helpers, also available as module functions
-    signature = staticmethod(signature)
     chunk_signature = staticmethod(chunk_signature)
     trailer_signature = staticmethod(trailer_signature)
 
