@@ -5,6 +5,7 @@ the application's hooks whether they may, re-signs with the backend's own
 credentials and streams both ways.
 """
 
+from .auth.anonymous import AnonymousAccess
 from .auth.jwt import BearerAuthenticator, JWTVerifier
 from .auth.mtls import MTLSAuthenticator
 from .auth.sigv4 import KeyStore, SigV4Authenticator
@@ -34,7 +35,7 @@ from .server import ProxyServer
 __version__ = "0.1.0"
 
 __all__ = [
-    "ANONYMOUS", "AWSDefaultChain", "AccessRequest", "AllowAll", "Authenticator", "Authorizer",
+    "ANONYMOUS", "AnonymousAccess", "AWSDefaultChain", "AccessRequest", "AllowAll", "Authenticator", "Authorizer",
     "Backend", "BearerAuthenticator", "Cached", "CredentialProvider", "Credentials", "Decision",
     "DenyAll", "IBMIAMToken", "Identity", "JWTVerifier", "KeyStore", "MTLSAuthenticator",
     "PrefixPolicy", "ProxyHooks", "ProxyServer", "RequestContext", "Rule", "S3Error", "STSEndpoint", "SecretsCache",
