@@ -21,19 +21,11 @@ import sys
 from aiohttp import ClientSession, web
 
 from inproxy import AccessRequest, Backend, ProxyServer, clients
-from inproxy.testing.servers import MotoServer, SeaweedFS, SeaweedFSError, find_weed
+
+from _local import local_backend  # a private S3 server for the example to run against
 
 PROXY = web.AppKey("proxy", ProxyServer)
 BACKEND = web.AppKey("backend", Backend)
-
-
-def local_s3_server():
-    """A private S3 server on 127.0.0.1: SeaweedFS (it verifies signatures) if installed, else moto."""
-    try:
-        find_weed()
-        return SeaweedFS()
-    except SeaweedFSError:
-        return MotoServer()
 
 
 def may(access: AccessRequest) -> bool:
@@ -115,10 +107,7 @@ async def self_check(app: web.Application) -> None:
 
 
 def main() -> None:
-    with local_s3_server() as server:
-        info = server.info
-        backend = Backend(endpoint=info.endpoint_url, region=info.region,
-                          credentials={"access_key": info.access_key, "secret_key": info.secret_key})
+    with local_backend() as backend:
         app = make_app(backend)
         if "--serve" in sys.argv:
             web.run_app(app, host="127.0.0.1", port=8080)

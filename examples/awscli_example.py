@@ -11,17 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from inproxy import AllowAll, Backend, ProxyServer, clients
-from inproxy.testing.servers import MotoServer, SeaweedFS, SeaweedFSError, find_weed
+from inproxy import AllowAll, ProxyServer, clients
 
-
-def local_s3_server():
-    """A private S3 server on 127.0.0.1: SeaweedFS (it verifies signatures) if installed, else moto."""
-    try:
-        find_weed()
-        return SeaweedFS()
-    except SeaweedFSError:
-        return MotoServer()
+from _local import local_backend  # a private S3 server for the example to run against
 
 
 def aws(*args: str, env: dict[str, str]) -> str:
@@ -31,23 +23,20 @@ def aws(*args: str, env: dict[str, str]) -> str:
 
 
 def main() -> None:
-    with local_s3_server() as server:
-        info = server.info
-        backend = Backend(endpoint=info.endpoint_url, region=info.region,
-                          credentials={"access_key": info.access_key, "secret_key": info.secret_key})
-        with ProxyServer.run_in_thread(backends=backend, authorizer=AllowAll()) as proxy, \
-                tempfile.TemporaryDirectory() as tmp:
-            # AWS_ENDPOINT_URL, keys, AWS_SESSION_TOKEN, region, AWS_EC2_METADATA_DISABLED...
-            env = clients.subprocess_env(proxy, identity="alice")
-            aws("s3api", "create-bucket", "--bucket", "examples", env=env)
-            local = Path(tmp) / "report 2026.txt"
-            local.write_text("quarterly numbers\n")
-            aws("s3", "cp", str(local), "s3://examples/reports/report 2026.txt", env=env)
-            print(aws("s3", "ls", "s3://examples/", "--recursive", env=env), end="")
-            aws("s3api", "get-object", "--bucket", "examples", "--key", "reports/report 2026.txt",
-                "--range", "bytes=0-8", str(Path(tmp) / "part"), env=env)
-            print("range read:", (Path(tmp) / "part").read_text())
-            aws("s3", "rm", "s3://examples/", "--recursive", env=env)
+    with local_backend() as backend, \
+            ProxyServer.run_in_thread(backends=backend, authorizer=AllowAll()) as proxy, \
+            tempfile.TemporaryDirectory() as tmp:
+        # AWS_ENDPOINT_URL, keys, AWS_SESSION_TOKEN, region, AWS_EC2_METADATA_DISABLED...
+        env = clients.subprocess_env(proxy, identity="alice")
+        aws("s3api", "create-bucket", "--bucket", "examples", env=env)
+        local = Path(tmp) / "report 2026.txt"
+        local.write_text("quarterly numbers\n")
+        aws("s3", "cp", str(local), "s3://examples/reports/report 2026.txt", env=env)
+        print(aws("s3", "ls", "s3://examples/", "--recursive", env=env), end="")
+        aws("s3api", "get-object", "--bucket", "examples", "--key", "reports/report 2026.txt",
+            "--range", "bytes=0-8", str(Path(tmp) / "part"), env=env)
+        print("range read:", (Path(tmp) / "part").read_text())
+        aws("s3", "rm", "s3://examples/", "--recursive", env=env)
 
 
 if __name__ == "__main__":

@@ -13,24 +13,14 @@ import contextlib
 
 import pandas as pd
 
-from inproxy import AllowAll, Backend, ProxyServer, clients
-from inproxy.testing.servers import MotoServer, SeaweedFS, SeaweedFSError, find_weed
+from inproxy import AllowAll, ProxyServer, clients
 
-
-def local_s3_server():
-    """A private S3 server on 127.0.0.1: SeaweedFS (it verifies signatures) if installed, else moto."""
-    try:
-        find_weed()
-        return SeaweedFS()
-    except SeaweedFSError:
-        return MotoServer()
+from _local import local_backend  # a private S3 server for the example to run against
 
 
 stack = contextlib.ExitStack()
 # -- set-up a real notebook does not need: a local S3 server with a parquet file in it ------
-info = stack.enter_context(local_s3_server()).info
-backend = Backend(endpoint=info.endpoint_url, region=info.region,
-                  credentials={"access_key": info.access_key, "secret_key": info.secret_key})
+backend = stack.enter_context(local_backend())
 
 # -- the three lines -------------------------------------------------------------------------
 proxy = stack.enter_context(ProxyServer.run_in_thread(backends=backend, authorizer=AllowAll()))

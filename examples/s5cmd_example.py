@@ -6,54 +6,33 @@ Run: python examples/s5cmd_example.py   (pip install -e '.[test,clients]')
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from inproxy import AllowAll, Backend, ProxyServer, clients
-from inproxy.testing.servers import MotoServer, SeaweedFS, SeaweedFSError, find_weed
+from inproxy import AllowAll, ProxyServer, clients
 
-
-def local_s3_server():
-    """A private S3 server on 127.0.0.1: SeaweedFS (it verifies signatures) if installed, else moto."""
-    try:
-        find_weed()
-        return SeaweedFS()
-    except SeaweedFSError:
-        return MotoServer()
-
-
-def find_tool(name: str) -> str:
-    beside = Path(sys.executable).parent / name  # installed into this venv by pip
-    found = str(beside) if beside.is_file() else shutil.which(name)
-    if not found:
-        raise SystemExit(f"{name} not found: pip install s5cmd")
-    return found
+from _local import find_tool, local_backend  # the example's own S3 server; the client program
 
 
 def main() -> None:
-    s5cmd = find_tool("s5cmd")
-    with local_s3_server() as server:
-        info = server.info
-        backend = Backend(endpoint=info.endpoint_url, region=info.region,
-                          credentials={"access_key": info.access_key, "secret_key": info.secret_key})
-        with ProxyServer.run_in_thread(backends=backend, authorizer=AllowAll()) as proxy, \
-                tempfile.TemporaryDirectory() as tmp:
-            clients.boto3_client(proxy).create_bucket(Bucket="examples")
-            env = clients.subprocess_env(proxy)  # S3_ENDPOINT_URL, AWS_* keys, token and region
+    s5cmd = find_tool("s5cmd", "s5cmd")
+    with local_backend() as backend, \
+            ProxyServer.run_in_thread(backends=backend, authorizer=AllowAll()) as proxy, \
+            tempfile.TemporaryDirectory() as tmp:
+        clients.boto3_client(proxy).create_bucket(Bucket="examples")
+        env = clients.subprocess_env(proxy)  # S3_ENDPOINT_URL, AWS_* keys, token and region
 
-            def run(*args: str) -> str:
-                return subprocess.run([s5cmd, *args], env=env, check=True, capture_output=True,
-                                      text=True, timeout=120).stdout
+        def run(*args: str) -> str:
+            return subprocess.run([s5cmd, *args], env=env, check=True, capture_output=True,
+                                  text=True, timeout=120).stdout
 
-            for i in range(3):
-                (Path(tmp) / f"file {i}.csv").write_text(f"id\n{i}\n")
-            run("cp", f"{tmp}/*.csv", "s3://examples/csv/")
-            print(run("ls", "s3://examples/csv/*"), end="")
-            print("cat:", run("cat", "s3://examples/csv/file 1.csv").split())
-            run("rm", "s3://examples/csv/*")
+        for i in range(3):
+            (Path(tmp) / f"file {i}.csv").write_text(f"id\n{i}\n")
+        run("cp", f"{tmp}/*.csv", "s3://examples/csv/")
+        print(run("ls", "s3://examples/csv/*"), end="")
+        print("cat:", run("cat", "s3://examples/csv/file 1.csv").split())
+        run("rm", "s3://examples/csv/*")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ IncompleteBody = _error("IncompleteBody", 400,
                         "You did not provide the number of bytes specified by the Content-Length HTTP header.")
 InvalidDigest = _error("InvalidDigest", 400, "The Content-MD5 or checksum value you specified is not valid.")
 BadDigest = _error("BadDigest", 400, "The checksum you specified did not match what we received.")
+MalformedXML = _error("MalformedXML", 400, "The XML you provided was not well-formed or did not validate "
+                                           "against our published schema.")
 XAmzContentSHA256Mismatch = _error("XAmzContentSHA256Mismatch", 400,
                                    "The provided 'x-amz-content-sha256' header does not match what was computed.")
 MissingContentLength = _error("MissingContentLength", 411, "You must provide the Content-Length HTTP header.")

@@ -10,16 +10,15 @@ from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 import aiohttp
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
-from yarl import URL
 
 from . import errors
-from .authorize import authorize_request, is_allowed, upstream_headers
+from .authorize import STATE_BUFFERED_BODY, authorize_request, upstream_headers
+from .body import is_aws_chunked, once, send_continue, verified_body
 from .context import RequestContext, UpstreamRequest
+from .decisions import ScopedDecisions, is_allowed
 from .errors import S3Error
 from .hooks import Authenticator, Authorizer, ProxyHooks
 from .s3 import sigv4
-from .s3.chunked import AwsChunkedDecoder
 from .s3.headers import PRESIGN_PARAMS, forwarded_headers, headers_to_sign, response_headers
 from .s3 import rename
 from .s3.request import parse_s3_request
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
     from .upstream import UpstreamPool
 
 log = logging.getLogger("inproxy")
-_STREAMING_PREFIX = "STREAMING-"
 
 
 class Pipeline:
@@ -62,6 +60,7 @@ class Pipeline:
         self.authorize_timeout = authorize_timeout
         self.cache_decisions = cache_decisions
         self.verify_payload_hash = verify_payload_hash
+        self.scoped_decisions = ScopedDecisions()  # allows/denies a hook scoped to a prefix
         # Non-S3 services on the proxy's own endpoint (e.g. STS): each may answer a request first.
         self.endpoints = list(endpoints)
         self.cache_namespace = cache_namespace if cache_namespace is not None else object()
@@ -126,7 +125,7 @@ class Pipeline:
         raise errors.AccessDenied()
 
     async def is_allowed(self, access) -> bool:
-        """Ask the authorizer through the decision caches (inproxy.authorize.is_allowed): keyed
+        """Ask the authorizer through the decision caches (inproxy.decisions.is_allowed): keyed
         by every input, scoped decisions, a Decision's own ttl; a hook that raises, times out
         or answers anything but a bool or a Decision denies, and that denial is not cached."""
         return await is_allowed(self, access)
@@ -161,7 +160,7 @@ class Pipeline:
     def _upstream_request(self, ctx: RequestContext) -> UpstreamRequest:
         s3, backend, request = ctx.s3, ctx.backend, ctx.request
         client_hash = request.headers.get("x-amz-content-sha256", "")
-        chunked = client_hash.startswith(_STREAMING_PREFIX) or _has_aws_chunked(request)
+        chunked = is_aws_chunked(request, client_hash)
         headers = forwarded_headers(request.headers.items(), decoding_chunked=chunked)
         headers.update(upstream_headers(self, ctx))  # content-md5, a rewritten x-amz-copy-source
         encoded_key = sigv4.uri_encode(s3.key, keep_slash=True) if s3.key is not None else None
@@ -171,54 +170,18 @@ class Pipeline:
         if ctx.body_length is not None and (ctx.body is not None or request.method in ("PUT", "POST")):
             headers["content-length"] = str(ctx.body_length)
         payload_hash = client_hash if sigv4.is_sha256_hex(client_hash) and not chunked else sigv4.UNSIGNED_PAYLOAD
-        buffered = ctx.state.get("buffered_body")
+        buffered = ctx.state.get(STATE_BUFFERED_BODY)
         if buffered is not None:  # held whole: sign its real hash (unless a hook may change it)
             payload_hash = sigv4.UNSIGNED_PAYLOAD if self._filters_body else hashlib.sha256(buffered).hexdigest()
         return UpstreamRequest(request.method, backend.scheme, host, path, query, headers, payload_hash)
 
     def _request_body(self, ctx: RequestContext, chunked: bool,
                       client_hash: str) -> tuple[AsyncIterator[bytes] | None, int | None]:
-        request = ctx.request
-        buffered = ctx.state.get("buffered_body")
+        buffered = ctx.state.get(STATE_BUFFERED_BODY)
         if buffered is not None:  # read, verified and authorized already (DeleteObjects)
-            return self._filtered_body(ctx, _once(buffered)), len(buffered)
-        declared = request.content_length
-        if chunked:
-            decoded = request.headers.get("x-amz-decoded-content-length")
-            if decoded is None or not decoded.isdigit():
-                raise errors.MissingContentLength("aws-chunked bodies need x-amz-decoded-content-length.")
-            decoder = self._chunk_decoder(ctx, int(decoded), client_hash)
-            return self._filtered_body(ctx, decoder.decode(_client_body(request, declared))), int(decoded)
-        if declared is None:
-            if request.body_exists:
-                raise errors.MissingContentLength()
-            return None, None
-        literal = client_hash if sigv4.is_sha256_hex(client_hash) else None
-        if declared == 0:
-            if literal is not None and literal != sigv4.EMPTY_SHA256:
-                raise errors.XAmzContentSHA256Mismatch()
-            return None, 0
-        body = _client_body(request, declared)
-        if literal is not None and self.verify_payload_hash:
-            body = _sha256_checked(body, literal)
-        return self._filtered_body(ctx, body), declared
-
-    def _chunk_decoder(self, ctx: RequestContext, decoded_length: int, client_hash: str) -> AwsChunkedDecoder:
-        trailer = ctx.request.headers.get("x-amz-trailer", "")
-        names = [n.strip().lower() for n in trailer.split(",") if n.strip()]
-        verifier = ctx.state.get("chunk_verifier")
-        if client_hash.startswith("STREAMING-AWS4-HMAC-SHA256") and verifier is None:
-            # Signed chunks from an identity that did not sign with SigV4 (no verifier was set up).
-            log.debug("request %s: chunk signatures present but not verified by this authenticator",
-                      ctx.request_id)
-        # Only the -TRAILER variant ends with a signed trailer; expecting one otherwise would
-        # fail every plain signed-chunk upload (Java SDK v1, minio-go over HTTP).
-        signed_trailer = client_hash == sigv4.STREAMING_PAYLOAD_TRAILER
-        return AwsChunkedDecoder(
-            decoded_length=decoded_length, trailer_names=names,
-            chunk_verifier=getattr(verifier, "verify_chunk", None),
-            trailer_verifier=getattr(verifier, "verify_trailer", None) if signed_trailer else None,
-        )
+            return self._filtered_body(ctx, once(buffered)), len(buffered)
+        body, length = verified_body(ctx, chunked, client_hash, verify_hash=self.verify_payload_hash)
+        return (None if body is None else self._filtered_body(ctx, body)), length
 
     async def _filtered_body(self, ctx: RequestContext, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The body as forwarded: counted, through the hook, errors remembered for the answer."""
@@ -249,17 +212,12 @@ class Pipeline:
     # -- forwarding and streaming ----------------------------------------------------------
 
     async def _forward(self, ctx: RequestContext) -> web.StreamResponse:
-        up, request = ctx.upstream, ctx.request
-        if (ctx.body is not None and request.headers.get("expect", "").lower() == "100-continue"
-                and not ctx.state.get("continue_sent")):
-            # Only now, with the client authenticated and authorized, may it send the body.
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            ctx.state["continue_sent"] = True
-        session = self.pool.session(ctx.backend)
+        up = ctx.upstream
+        if ctx.body is not None:  # only now, authenticated and authorized, may the client send it
+            await send_continue(ctx)
         try:
-            upstream = await session.request(
-                up.method, URL(up.url, encoded=True), headers=up.headers, data=ctx.body,
-                allow_redirects=False)
+            upstream = await self.pool.request(ctx.backend, up.method, up.url, headers=up.headers,
+                                               data=ctx.body)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise self._upstream_failure(ctx, exc) from exc
         try:
@@ -289,12 +247,13 @@ class Pipeline:
         ctx.status = upstream.status
         if ctx.state.get("body_error") is not None:
             response.force_close()
-        await response.prepare(ctx.request)
         try:
+            await response.prepare(ctx.request)
             await self._relay_body(ctx, chunks, response)
         except Exception as exc:
-            # The status line is out: another answer is impossible, and a short body must
-            # never look complete.  Breaking the connection is the only signal left.
+            # The status line may be out (or the client gone): another answer is impossible,
+            # and a short body must never look complete.  Breaking the connection is the only
+            # signal left.
             ctx.error = exc
             self._log_broken_response(ctx, exc)
             upstream.close()
@@ -306,12 +265,13 @@ class Pipeline:
         """For a renamed bucket, the backend's small XML answer with the client's bucket name
         (and its Content-Length fixed); None when the body streams through untouched."""
         real = ctx.backend.backend_bucket(ctx.s3.bucket)
-        if real == ctx.s3.bucket or ctx.request.method == "HEAD" or not rename.is_rewritable(upstream.headers.get("content-type"),
-                                                              upstream.headers.get("content-length")):
+        if real == ctx.s3.bucket or ctx.request.method == "HEAD":
+            return None
+        if not rename.is_rewritable(upstream.headers.get("content-type"), upstream.headers.get("content-length")):
             return None
         body = rename.rename_bucket(await upstream.content.read(), real, ctx.s3.bucket)
         headers[:] = [(n, str(len(body)) if n.lower() == "content-length" else v) for n, v in headers]
-        return _once(body)
+        return once(body)
 
     async def _relay_body(self, ctx: RequestContext, chunks: AsyncIterator[bytes],
                           response: web.StreamResponse) -> None:
@@ -361,45 +321,6 @@ class Pipeline:
             await self.hooks.logging(ctx, ctx.error)
         except Exception:
             log.exception("logging hook failed for request %s", ctx.request_id)
-
-
-async def _client_body(request: web.BaseRequest, declared: int | None) -> AsyncIterator[bytes]:
-    """The client's raw body; ending before Content-Length is an error, not a short upload."""
-    received = 0
-    try:
-        async for chunk in request.content.iter_any():
-            received += len(chunk)
-            yield chunk
-    except (ConnectionError, RequestPayloadError) as exc:  # the client went away mid-body
-        raise errors.IncompleteBody() from exc
-    if declared is not None and received != declared:
-        raise errors.IncompleteBody()
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    if data:
-        yield data
-
-
-async def _sha256_checked(body: AsyncIterator[bytes], expected: str) -> AsyncIterator[bytes]:
-    """Pass the body through while hashing it; the last piece is held back until the hash
-    matches, so a mismatch means the backend never gets the whole Content-Length."""
-    digest = hashlib.sha256()
-    held = None
-    async for chunk in body:
-        digest.update(chunk)
-        if held is not None:
-            yield held
-        held = chunk
-    if digest.hexdigest() != expected:
-        raise errors.XAmzContentSHA256Mismatch()
-    if held is not None:
-        yield held
-
-
-def _has_aws_chunked(request: web.BaseRequest) -> bool:
-    encodings = request.headers.getall("content-encoding", [])
-    return any(c.strip().lower() == "aws-chunked" for e in encodings for c in e.split(","))
 
 
 def _body_consumed(request: web.BaseRequest) -> bool:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Union
 
 from .hooks import Authorizer, Decision
 from .s3 import operations as _ops
-from .s3.operations import READ_OPERATIONS
+from .s3.operations import LISTING_OPERATIONS, READ_OPERATIONS
 
 if TYPE_CHECKING:
     from .context import AccessRequest
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["ALL_OPERATIONS", "LISTING_OPERATIONS", "PrefixPolicy", "READ_OPERATIONS", "Rule",
            "WRITE_OPERATIONS", "expand_actions"]
 
-#: Operations that read a listing prefix rather than a key.
-LISTING_OPERATIONS = frozenset({"ListObjects", "ListObjectsV2", "ListObjectVersions", "ListMultipartUploads"})
 #: Bucket operations any rule on the bucket allows.
 _BUCKET_PRESENCE = frozenset({"HeadBucket", "GetBucketLocation", "ListBuckets"})
 

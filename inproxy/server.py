@@ -62,6 +62,8 @@ class ProxyServer(ClientHelpers):
         endpoints: extra services answered on the proxy's own endpoint before S3
             (e.g. the STS exchange); each has ``async handle(ctx) -> response | None`` and
             an optional ``bind(proxy)`` called here.
+        upstream_client: ``"lean"`` (default: pooled asyncio connections with aiohttp's C
+            parser, the cheaper per request) or ``"aiohttp"`` (aiohttp's ClientSession).
         shutdown_timeout: seconds ``stop()`` lets in-flight requests finish.
     """
 
@@ -74,12 +76,12 @@ class ProxyServer(ClientHelpers):
                  max_header_bytes: int = 16 * 1024, authorize_timeout: float = 10.0,
                  token_key: bytes | None = None, max_skew: float = 900.0, key_ttl: float = 60.0,
                  verify_payload_hash: bool = True, endpoints: Sequence[Any] = (),
-                 shutdown_timeout: float = 5.0) -> None:
+                 upstream_client: str = "lean", shutdown_timeout: float = 5.0) -> None:
         self.host, self._requested_port, self.ssl = host, port, ssl
         self.shutdown_timeout = shutdown_timeout
         self.cache = cache if cache is not None else SecretsCache()
         self.backends = BackendMap(backends)
-        self._pool = UpstreamPool()
+        self._pool = UpstreamPool(client=upstream_client)
         self.issuer = TokenIssuer(token_key)
         signer = Signer()
         self.sigv4 = sigv4_auth = SigV4Authenticator(keys, issuer=self.issuer, cache=self.cache, key_ttl=key_ttl,

@@ -1,22 +1,52 @@
-"""Keep-alive connection pools to backends: one aiohttp ClientSession per Backend per proxy."""
+"""Keep-alive connection pools to backends: one pool per Backend per proxy.
+
+By default (``client="lean"``) a pool is inproxy's own HTTP/1.1 client
+(:mod:`inproxy.upstream_client`); ``client="aiohttp"`` uses an ``aiohttp.ClientSession``
+instead.  Both answer :meth:`UpstreamPool.request` with an object that has ``status``,
+``reason``, ``headers``, ``content`` (``iter_any()``, ``read()``), ``release()`` and
+``close()``, and raise the same kinds of errors (``aiohttp.ClientError`` subclasses,
+``asyncio.TimeoutError``).
+"""
 
 from __future__ import annotations
 
 import ssl
+from typing import Any, AsyncIterable, Awaitable, Mapping
 
 import aiohttp
+from yarl import URL
 
 from .backend import Backend
+from .upstream_client import ConnectionPool
+
+CLIENTS = ("lean", "aiohttp")
 
 
 class UpstreamPool:
-    """Owns the client sessions of one proxy (never shared: two proxies, two pools)."""
+    """Owns the backend connections of one proxy (never shared: two proxies, two pools)."""
 
-    def __init__(self) -> None:
+    def __init__(self, client: str = "lean") -> None:
+        if client not in CLIENTS:
+            raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
+        self.client = client
+        self._pools: dict[int, tuple[Backend, Any]] = {}
         self._sessions: dict[int, tuple[Backend, aiohttp.ClientSession]] = {}
 
+    def request(self, backend: Backend, method: str, url: "str | URL", *,
+                headers: Mapping[str, str], data: AsyncIterable[bytes] | None = None) -> Awaitable[Any]:
+        """Send a request to ``backend``; awaiting it gives the response once its head arrived.
+
+        ``url`` is absolute and already encoded (never re-quoted); ``headers`` are sent as
+        given (the caller sets Host and, with ``data``, Content-Length).
+        """
+        entry = self._pools.get(id(backend))
+        if entry is None:
+            pool = ConnectionPool.for_backend(backend) if self.client == "lean" else _AiohttpPool(self.session(backend))
+            entry = self._pools[id(backend)] = (backend, pool)
+        return entry[1].request(method, url, headers, data)
+
     def session(self, backend: Backend) -> aiohttp.ClientSession:
-        """The session for a backend, created on first use inside the running loop."""
+        """An aiohttp session for a backend, created on first use inside the running loop."""
         entry = self._sessions.get(id(backend))
         if entry is None:
             entry = (backend, _new_session(backend))
@@ -24,10 +54,30 @@ class UpstreamPool:
         return entry[1]
 
     async def close(self) -> None:
+        pools = [p for _, p in self._pools.values()]
         sessions = [s for _, s in self._sessions.values()]
+        self._pools.clear()
         self._sessions.clear()
+        for pool in pools:
+            await pool.close()
         for session in sessions:
             await session.close()
+
+
+class _AiohttpPool:
+    """The request interface on an aiohttp session."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    def request(self, method: str, url: "str | URL", headers: Mapping[str, str],
+                data: AsyncIterable[bytes] | None) -> Awaitable[aiohttp.ClientResponse]:
+        if isinstance(url, str):
+            url = URL(url, encoded=True)
+        return self.session.request(method, url, headers=headers, data=data, allow_redirects=False)
+
+    async def close(self) -> None:
+        pass  # the session is closed by UpstreamPool.close()
 
 
 def _new_session(backend: Backend) -> aiohttp.ClientSession:

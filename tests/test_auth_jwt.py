@@ -9,10 +9,8 @@ and no token may appear in the logs.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
-import uuid
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -29,33 +27,16 @@ from inproxy.auth.jwt import (
 )
 from inproxy.auth.simple import SimpleTokenAuth
 
-from jwks_server import AUDIENCE, OIDCProvider, Recorder, assert_not_logged, forge, tamper
-from util import backend_for, s3_client
+from jwks_server import AUDIENCE, OIDCProvider, Recorder, forge, tamper
+from util import backend_for, new_bucket
 
 # ---------------------------------------------------------------------------------------------
-# fixtures and helpers
-
-
-@pytest.fixture
-async def idp():
-    async with OIDCProvider() as provider:
-        yield provider
+# fixtures (idp and no_leaks: conftest.py) and helpers
 
 
 @pytest.fixture(scope="module")
 def bucket(seaweed):
-    name = f"jwt-{uuid.uuid4().hex[:12]}"
-    s3_client(seaweed.endpoint_url, seaweed.access_key, seaweed.secret_key).create_bucket(Bucket=name)
-    return name
-
-
-@pytest.fixture
-def no_leaks(caplog):
-    """A list to put secrets in; after the test, none of them may appear in a proxy-side log record."""
-    caplog.set_level(logging.DEBUG)
-    watched: list[str] = []
-    yield watched
-    assert_not_logged(caplog, watched)
+    return new_bucket(seaweed, "jwt")
 
 
 @asynccontextmanager

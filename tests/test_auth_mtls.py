@@ -30,7 +30,7 @@ from inproxy.auth.mtls import MTLSAuthenticator
 from inproxy.auth.sigv4 import SigV4Authenticator
 
 from jwks_server import AUDIENCE, OIDCProvider, Recorder, assert_not_logged
-from util import backend_for, s3_client
+from util import backend_for, new_bucket
 
 # ---------------------------------------------------------------------------------------------
 # certificates
@@ -136,9 +136,7 @@ def client_context(pki: PKI, cert: Issued | None) -> ssl.SSLContext:
 
 @pytest.fixture(scope="module")
 def bucket(seaweed):
-    name = f"mtls-{uuid.uuid4().hex[:12]}"
-    s3_client(seaweed.endpoint_url, seaweed.access_key, seaweed.secret_key).create_bucket(Bucket=name)
-    return name
+    return new_bucket(seaweed, "mtls")
 
 
 @asynccontextmanager

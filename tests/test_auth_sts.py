@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-import uuid
 import xml.etree.ElementTree as ET
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -31,8 +30,8 @@ from inproxy.auth.jwt import BearerAuthenticator, JWTVerifier
 from inproxy.auth.sigv4 import SigV4Authenticator
 from inproxy.auth.sts import STSEndpoint
 
-from jwks_server import AUDIENCE, OIDCProvider, Recorder, assert_not_logged, tamper
-from util import backend_for, s3_client
+from jwks_server import AUDIENCE, Recorder, tamper
+from util import backend_for, new_bucket, s3_client
 
 ROLE = "arn:aws:iam::123456789012:role/reader"
 NS = {"sts": "https://sts.amazonaws.com/doc/2011-06-15/"}
@@ -40,31 +39,12 @@ NO_RETRY = Config(retries={"max_attempts": 1, "mode": "standard"})
 
 
 # ---------------------------------------------------------------------------------------------
-# fixtures and helpers
-
-
-@pytest.fixture
-async def idp():
-    async with OIDCProvider() as provider:
-        yield provider
+# fixtures (idp and no_leaks: conftest.py) and helpers
 
 
 @pytest.fixture(scope="module")
 def bucket(seaweed):
-    name = f"sts-{uuid.uuid4().hex[:12]}"
-    s3_client(seaweed.endpoint_url, seaweed.access_key, seaweed.secret_key).create_bucket(Bucket=name)
-    return name
-
-
-@pytest.fixture
-def watched(caplog):
-    """Secrets that must not appear in proxy-side logs (checked after the test)."""
-    import logging
-
-    caplog.set_level(logging.DEBUG)
-    secrets: list[str] = []
-    yield secrets
-    assert_not_logged(caplog, secrets)
+    return new_bucket(seaweed, "sts")
 
 
 @asynccontextmanager
@@ -138,13 +118,13 @@ def form_for(token: str, **extra) -> dict:
 # the exchange and the credentials
 
 
-async def test_boto3_exchange_and_s3_through_the_proxy(seaweed, bucket, idp, watched):
+async def test_boto3_exchange_and_s3_through_the_proxy(seaweed, bucket, idp, no_leaks):
     recorder = Recorder()
     token = idp.token("alice", ttl=3600, email="alice@example.com", groups=["readers"])
     async with sts_proxy(seaweed, idp, recorder) as proxy:
         answer = await assume(proxy, token, duration=900)
         creds = answer["Credentials"]
-        watched.extend([token, creds["SecretAccessKey"], creds["SessionToken"]])
+        no_leaks.extend([token, creds["SecretAccessKey"], creds["SessionToken"]])
         assert answer["SubjectFromWebIdentityToken"] == "alice"
         assert answer["Audience"] == AUDIENCE and answer["Provider"] == idp.issuer
         assert answer["AssumedRoleUser"]["Arn"] == "arn:aws:sts::123456789012:assumed-role/reader/app"
@@ -166,10 +146,10 @@ async def test_boto3_exchange_and_s3_through_the_proxy(seaweed, bucket, idp, wat
     assert identity.claims["iss"] == idp.issuer
 
 
-async def test_credentials_stop_working_after_their_expiry(seaweed, bucket, idp, watched):
+async def test_credentials_stop_working_after_their_expiry(seaweed, bucket, idp, no_leaks):
     async with sts_proxy(seaweed, idp) as proxy:
         creds = (await assume(proxy, idp.token(ttl=3600), duration=900))["Credentials"]
-        watched.extend([creds["SecretAccessKey"], creds["SessionToken"]])
+        no_leaks.extend([creds["SecretAccessKey"], creds["SessionToken"]])
         s3 = s3_with(proxy, creds)
         await in_thread(s3.list_objects_v2, Bucket=bucket)
         verifier = sigv4_of(proxy)
@@ -205,10 +185,10 @@ async def test_credentials_from_a_short_lived_token_really_expire(seaweed, bucke
         assert error_of(caught.value) == ("ExpiredToken", 400)
 
 
-async def test_tampered_and_foreign_session_tokens_are_refused(seaweed, bucket, idp, watched):
+async def test_tampered_and_foreign_session_tokens_are_refused(seaweed, bucket, idp, no_leaks):
     async with sts_proxy(seaweed, idp) as proxy:
         creds = (await assume(proxy, idp.token()))["Credentials"]
-        watched.extend([creds["SecretAccessKey"], creds["SessionToken"]])
+        no_leaks.extend([creds["SecretAccessKey"], creds["SessionToken"]])
         session_token = creds["SessionToken"]
         for index in (len("inpx1.") + 5, len(session_token) // 2, len(session_token) - 3):
             flipped = "A" if session_token[index] != "A" else "B"
@@ -231,11 +211,11 @@ async def test_tampered_and_foreign_session_tokens_are_refused(seaweed, bucket, 
         assert error_of(caught.value) == ("SignatureDoesNotMatch", 403)
 
 
-async def test_sdk_web_identity_provider_from_the_environment(seaweed, bucket, idp, tmp_path, watched):
+async def test_sdk_web_identity_provider_from_the_environment(seaweed, bucket, idp, tmp_path, no_leaks):
     """botocore's own provider (AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN + AWS_ENDPOINT_URL_STS)."""
     recorder = Recorder()
     token = idp.token("svc-account", ttl=600)
-    watched.append(token)
+    no_leaks.append(token)
     token_file = tmp_path / "token"
     token_file.write_text(token)
     script = (
@@ -273,7 +253,7 @@ async def test_sdk_web_identity_provider_from_the_environment(seaweed, bucket, i
 # STS errors
 
 
-async def test_invalid_web_identity_tokens(seaweed, idp, watched):
+async def test_invalid_web_identity_tokens(seaweed, idp, no_leaks):
     async with sts_proxy(seaweed, idp) as proxy:
         cases = {
             "expired": (idp.token(ttl=-120), ("ExpiredTokenException", 400)),
@@ -283,7 +263,7 @@ async def test_invalid_web_identity_tokens(seaweed, idp, watched):
             "unknown-kid": (idp.token(kid=idp.add_key("RS256", publish=False)), ("InvalidIdentityToken", 400)),
             "garbage": ("this-is-not-a-jwt", ("InvalidIdentityToken", 400)),
         }
-        watched.extend(token for token, _ in cases.values())
+        no_leaks.extend(token for token, _ in cases.values())
         for name, (token, expected) in cases.items():
             assert await sts_error_of(proxy, token) == expected, name
 

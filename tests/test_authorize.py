@@ -25,20 +25,13 @@ requests = pytest.importorskip("requests")
 from botocore.exceptions import ClientError  # noqa: E402
 
 from inproxy import Credentials, Decision, Identity, ProxyHooks, SecretsCache, errors  # noqa: E402
-from inproxy.authorize import (  # noqa: E402
-    MAX_DELETE_BODY,
-    CopySource,
-    ScopedDecisions,
-    content_md5,
-    decision_cache_key,
-    is_allowed,
-    parse_copy_source,
-    parse_delete_request,
-)
+from inproxy.authorize import MAX_DELETE_BODY  # noqa: E402
 from inproxy.context import AccessRequest  # noqa: E402
+from inproxy.decisions import ScopedDecisions, decision_cache_key, is_allowed  # noqa: E402
 from inproxy.hooks import as_authorizer  # noqa: E402
 from inproxy.policy import ALL_OPERATIONS, READ_OPERATIONS, WRITE_OPERATIONS, PrefixPolicy, Rule, expand_actions  # noqa: E402
 from inproxy.presign import presign_url  # noqa: E402
+from inproxy.s3.multi import CopySource, content_md5, parse_copy_source, parse_delete_request  # noqa: E402
 
 from test_must_never import (  # noqa: E402
     ALICE_KEY,
@@ -46,7 +39,6 @@ from test_must_never import (  # noqa: E402
     BOB_KEY,
     BOB_SECRET,
     Recorder,
-    Relay,
     allow_all,
     client,
     error_code,
@@ -60,7 +52,7 @@ from test_must_never import (  # noqa: E402
 
 NEEDS_PIPELINE = ("needs pipeline change: Pipeline.honours_authorization_state, ctx.state['buffered_body'] "
                   "forwarded, authorize.upstream_headers() merged, no second 100 Continue")
-NEEDS_IS_ALLOWED = "needs pipeline change: Pipeline.is_allowed delegating to inproxy.authorize.is_allowed"
+NEEDS_IS_ALLOWED = "needs pipeline change: Pipeline.is_allowed delegating to inproxy.decisions.is_allowed"
 
 S3NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
@@ -277,7 +269,7 @@ def test_scoped_decisions():
 
 
 class FakePipeline:
-    """What inproxy.authorize.is_allowed needs of a pipeline."""
+    """What inproxy.decisions.is_allowed needs of a pipeline."""
 
     def __init__(self, authorizer, cache_decisions: float = 0.0, timeout: float = 5.0) -> None:
         self.authorizer = as_authorizer(authorizer)
@@ -285,6 +277,7 @@ class FakePipeline:
         self.cache_decisions = cache_decisions
         self.authorize_timeout = timeout
         self.cache_namespace = object()
+        self.scoped_decisions = ScopedDecisions()
 
 
 async def test_is_allowed_caching_rules():
@@ -539,20 +532,6 @@ def test_presign_url_refuses(kwargs):
 # =================================================================================================
 # end to end (SeaweedFS behind a recording relay)
 # =================================================================================================
-
-@pytest.fixture(scope="module")
-def relay(seaweed):
-    relay = Relay(seaweed.endpoint_url)
-    yield relay
-    relay.close()
-
-
-@pytest.fixture(scope="module")
-def direct(seaweed):
-    from util import s3_client
-
-    return s3_client(seaweed.endpoint_url, seaweed.access_key, seaweed.secret_key, region=seaweed.region)
-
 
 @pytest.fixture
 def bucket(direct):

@@ -99,6 +99,11 @@ def _send(proxy, request: AWSRequest, *, path_override: str | None = None) -> tu
         conn.close()
 
 
+def _set_header(request: AWSRequest, name: str, value: str) -> None:
+    del request.headers[name]  # botocore's headers append on assignment
+    request.headers[name] = value
+
+
 shapes = st.fixed_dictionaries({
     "method": st.sampled_from(["GET", "PUT", "HEAD", "DELETE"]),
     "key": st.text(_KEY_CHARS, min_size=1, max_size=40).filter(
@@ -133,15 +138,14 @@ def test_any_signed_change_is_refused(proxy, shape, change):
     elif change == "query":
         path += ("&" if "?" in path else "?") + "extra=1"
     elif change == "header":
-        request.headers["x-amz-meta-injected"] = "1"
+        _set_header(request, "x-amz-meta-injected", "1")
         signed = request.headers["Authorization"].replace("SignedHeaders=", "SignedHeaders=x-amz-meta-injected;", 1)
-        request.headers.replace_header("Authorization", signed) if hasattr(request.headers, "replace_header") \
-            else request.headers.__setitem__("Authorization", signed)
+        _set_header(request, "Authorization", signed)
     elif change == "body":
         if shape["unsigned"] or shape["method"] != "PUT":
             return  # nothing signed to change
-        request.body = (request.body or b"") + b"!"
-        request.headers["Content-Length"] = str(len(request.body))
+        request.data = (request.body or b"") + b"!"
+        _set_header(request, "Content-Length", str(len(request.data)))
     elif change == "method":
         request.method = "DELETE" if shape["method"] != "DELETE" else "GET"
     status, payload = _send(proxy, request, path_override=path)

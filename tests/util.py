@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import boto3
 from botocore.config import Config
 
@@ -13,6 +15,13 @@ def backend_for(info: S3ServerInfo, **kwargs) -> Backend:
     """A Backend that signs with the test server's own keys."""
     return Backend(endpoint=info.endpoint_url, region=info.region,
                    credentials={"access_key": info.access_key, "secret_key": info.secret_key}, **kwargs)
+
+
+def new_bucket(info: S3ServerInfo, prefix: str) -> str:
+    """A bucket created on the test server, named ``prefix-<random>``."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    s3_client(info.endpoint_url, info.access_key, info.secret_key).create_bucket(Bucket=name)
+    return name
 
 
 def s3_client(endpoint_url: str, access_key: str, secret_key: str, *, session_token: str | None = None,

@@ -28,6 +28,8 @@ READ_OPERATIONS = frozenset({
     "GetBucketLocation", "ListBuckets", "ListParts", "ListMultipartUploads", "GetObjectTagging",
     "GetObjectAcl", "GetObjectAttributes",
 })
+# Listing operations: their ``prefix`` parameter (not a key) is what they read.
+LISTING_OPERATIONS = frozenset({"ListObjects", "ListObjectsV2", "ListObjectVersions", "ListMultipartUploads"})
 
 
 def classify(method: str, bucket: str | None, key: str | None,

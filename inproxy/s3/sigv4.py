@@ -363,8 +363,25 @@ _is_header_name = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]{1,256}").fullmatch
 _is_signature = re.compile(r"[0-9a-f]{64}").fullmatch
 
 
+class _SignatureParts:
+    """What the two forms of a client's signature (header, presigned query) derive alike
+    from their fields ``date``, ``region``, ``service``, ``terminator`` and ``signed_headers``."""
+
+    __slots__ = ()
+
+    @property
+    def scope(self) -> str:
+        """The credential scope without the access key (``date/region/service/aws4_request``)."""
+        return f"{self.date}/{self.region}/{self.service}/{self.terminator}"
+
+    @property
+    def signed_headers_str(self) -> str:
+        """The signed header names as they go into the canonical request."""
+        return ";".join(self.signed_headers)
+
+
 @dataclass(frozen=True, slots=True)
-class ParsedAuth:
+class ParsedAuth(_SignatureParts):
     """The parts of a SigV4 ``Authorization`` header."""
 
     access_key: str
@@ -374,16 +391,6 @@ class ParsedAuth:
     terminator: str  # always "aws4_request"
     signed_headers: tuple[str, ...]  # lower-case, in the order given
     signature: str  # 64 lower-case hex digits
-
-    @property
-    def scope(self) -> str:
-        """The credential scope without the access key (``date/region/service/aws4_request``)."""
-        return f"{self.date}/{self.region}/{self.service}/{self.terminator}"
-
-    @property
-    def signed_headers_str(self) -> str:
-        """``SignedHeaders`` as it goes into the canonical request."""
-        return ";".join(self.signed_headers)
 
 
 def _parse_credential(value: str, error) -> tuple[str, str, str, str, str]:
@@ -456,7 +463,7 @@ def parse_authorization_header(value: str) -> ParsedAuth:
 
 
 @dataclass(frozen=True, slots=True)
-class ParsedPresign:
+class ParsedPresign(_SignatureParts):
     """The SigV4 parameters of a presigned URL."""
 
     access_key: str
@@ -470,16 +477,6 @@ class ParsedPresign:
     signed_headers: tuple[str, ...]
     signature: str
     security_token: str | None
-
-    @property
-    def scope(self) -> str:
-        """The credential scope without the access key."""
-        return f"{self.date}/{self.region}/{self.service}/{self.terminator}"
-
-    @property
-    def signed_headers_str(self) -> str:
-        """``X-Amz-SignedHeaders`` as it goes into the canonical request."""
-        return ";".join(self.signed_headers)
 
 
 def _query_error(message: str) -> InvalidArgument:
