@@ -14,13 +14,12 @@ from aiohttp import web
 from . import errors
 from .authorize import STATE_BUFFERED_BODY, authorize_request, upstream_headers
 from .body import is_aws_chunked, once, send_continue, verified_body
-from .context import RequestContext, UpstreamRequest
+from .context import AccessRequest, RequestContext, UpstreamRequest
 from .decisions import ScopedDecisions, is_allowed
 from .errors import S3Error
 from .hooks import Authenticator, Authorizer, ProxyHooks
-from .s3 import sigv4
+from .s3 import rename, sigv4
 from .s3.headers import PRESIGN_PARAMS, forwarded_headers, headers_to_sign, response_headers
-from .s3 import rename
 from .s3.request import parse_s3_request
 from .s3.xml import list_buckets_xml
 
@@ -66,6 +65,7 @@ class Pipeline:
         self.cache_namespace = cache_namespace if cache_namespace is not None else object()
         self._filters_body = _overrides(hooks, "request_body_filter")
         self._filters_response_body = _overrides(hooks, "response_body_filter")
+        self._has_logging_hook = _overrides(hooks, "logging")
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """aiohttp's low-level handler: always answers, always logs once."""
@@ -132,8 +132,6 @@ class Pipeline:
 
     async def _list_buckets(self, ctx: RequestContext) -> web.StreamResponse:
         """ListBuckets is answered by the proxy: the configured buckets this identity may see."""
-        from .context import AccessRequest
-
         visible = []
         for name in self.backends.bucket_names:
             access = AccessRequest(ctx.identity, "ListBuckets", name, method=ctx.s3.method,
@@ -314,6 +312,17 @@ class Pipeline:
         return response
 
     async def _logging(self, ctx: RequestContext) -> None:
+        if log.isEnabledFor(logging.INFO):  # the line's arguments cost on every request
+            self._log_line(ctx)
+        if not self._has_logging_hook:
+            return
+        try:
+            await self.hooks.logging(ctx, ctx.error)
+        except Exception:
+            log.exception("logging hook failed for request %s", ctx.request_id)
+
+    @staticmethod
+    def _log_line(ctx: RequestContext) -> None:
         s3 = ctx.s3
         log.info("%s %s %s %s/%s -> %s in %.1f ms (in %d B, out %d B)%s",
                  ctx.request_id, ctx.identity.name if ctx.identity else "-",
@@ -321,10 +330,6 @@ class Pipeline:
                  s3.key if s3 and s3.key is not None else "", ctx.status,
                  (time.monotonic() - ctx.started) * 1000, ctx.bytes_in, ctx.bytes_out,
                  f" error={type(ctx.error).__name__}" if ctx.error else "")
-        try:
-            await self.hooks.logging(ctx, ctx.error)
-        except Exception:
-            log.exception("logging hook failed for request %s", ctx.request_id)
 
 
 def _body_consumed(request: web.BaseRequest) -> bool:

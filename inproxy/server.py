@@ -84,8 +84,8 @@ class ProxyServer(ClientHelpers):
         self._pool = UpstreamPool(client=upstream_client)
         self.issuer = TokenIssuer(token_key)
         signer = Signer()
-        self.sigv4 = sigv4_auth = SigV4Authenticator(keys, issuer=self.issuer, cache=self.cache, key_ttl=key_ttl,
-                                        max_skew=max_skew, signer=signer)
+        self.sigv4 = sigv4_auth = SigV4Authenticator(
+            keys, issuer=self.issuer, cache=self.cache, key_ttl=key_ttl, max_skew=max_skew, signer=signer)
         custom = authenticator if isinstance(authenticator, (list, tuple)) else [authenticator]
         authenticators = [as_authenticator(a, in_thread=sync_hooks_in_thread) for a in custom if a is not None]
         authenticators = [sigv4_auth, *authenticators] if keys is not None else [*authenticators, sigv4_auth]
@@ -128,7 +128,8 @@ class ProxyServer(ClientHelpers):
         """Bind and start serving in the running event loop."""
         if self._runner is not None:
             raise RuntimeError("already started")
-        server = S3Server(self._serve, auto_decompress=False, access_log=None,
+        # Idle client connections close after 75 s (aiohttp's default is an hour).
+        server = S3Server(self._serve, auto_decompress=False, access_log=None, keepalive_timeout=75,
                            max_field_size=self.pipeline.max_header_bytes,
                            max_line_size=self.pipeline.max_header_bytes)
         runner = web.ServerRunner(server, handle_signals=False, access_log=None,
