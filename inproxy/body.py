@@ -91,7 +91,7 @@ def chunk_decoder(ctx: "RequestContext", decoded_length: int, client_hash: str) 
     trailer = ctx.request.headers.get("x-amz-trailer", "")
     names = [n.strip().lower() for n in trailer.split(",") if n.strip()]
     verifier = ctx.state.get("chunk_verifier")
-    if client_hash.startswith("STREAMING-AWS4-HMAC-SHA256") and verifier is None:
+    if client_hash.startswith(sigv4.STREAMING_PAYLOAD) and verifier is None:
         # Signed chunks from an identity that did not sign with SigV4 (no verifier was set up).
         log.debug("request %s: chunk signatures present but not verified by this authenticator",
                   ctx.request_id)

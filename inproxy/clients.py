@@ -219,6 +219,13 @@ def _botocore_config(cfg: ClientConfig, config: Any = None) -> Any:
     return ours.merge(config) if config is not None else ours
 
 
+def _boto3_options(cfg: ClientConfig, config: Any = None) -> dict[str, Any]:
+    """``boto3.client("s3", **options)`` keyword arguments."""
+    return dict(endpoint_url=cfg.endpoint_url, aws_access_key_id=cfg.access_key,
+                aws_secret_access_key=cfg.secret_key, aws_session_token=cfg.session_token,
+                region_name=cfg.region, config=_botocore_config(cfg, config), verify=cfg.verify)
+
+
 def boto3_client(proxy: Any, *, config: Any = None, session: Any = None, **kwargs: Any) -> Any:
     """A ``boto3`` S3 client for the proxy.
 
@@ -231,9 +238,7 @@ def boto3_client(proxy: Any, *, config: Any = None, session: Any = None, **kwarg
         import boto3
 
         session = boto3.session.Session()
-    options = dict(endpoint_url=cfg.endpoint_url, aws_access_key_id=cfg.access_key,
-                   aws_secret_access_key=cfg.secret_key, aws_session_token=cfg.session_token,
-                   region_name=cfg.region, config=_botocore_config(cfg, config), verify=cfg.verify)
+    options = _boto3_options(cfg, config)
     options.update(kwargs)
     return session.client("s3", **options)
 
@@ -311,9 +316,7 @@ def storage_options(proxy: Any, kind: str = "s3fs", **kwargs: Any) -> dict[str, 
     if kind == "duckdb":
         return _duckdb_secret_params(cfg)
     if kind == "boto3":
-        return dict(endpoint_url=cfg.endpoint_url, aws_access_key_id=cfg.access_key,
-                    aws_secret_access_key=cfg.secret_key, aws_session_token=cfg.session_token,
-                    region_name=cfg.region, config=_botocore_config(cfg), verify=cfg.verify)
+        return _boto3_options(cfg)
     raise ValueError(f"unknown client kind {kind!r}")
 
 

@@ -52,18 +52,23 @@ def _identity_key(identity) -> tuple:
     return (*identity.cache_key, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
 
 
-def decision_cache_key(access: AccessRequest) -> tuple:
+def decision_cache_key(access: AccessRequest, identity_key: tuple | None = None) -> tuple:
     """Every input of an authorization decision: the identity (with its claims), the
-    operation, bucket, key, listing prefix, method and source address."""
-    return (_identity_key(access.identity), access.operation, access.bucket, access.key,
+    operation, bucket, key, listing prefix, method and source address.  ``identity_key``:
+    ``_identity_key(access.identity)`` when the caller has it already."""
+    if identity_key is None:
+        identity_key = _identity_key(access.identity)
+    return (identity_key, access.operation, access.bucket, access.key,
             access.prefix, access.method, access.source_ip)
 
 
 # -- scoped decisions -------------------------------------------------------------------------
 
-def _scope_base(access: AccessRequest) -> tuple:
+def _scope_base(access: AccessRequest, identity_key: tuple | None = None) -> tuple:
     """What a scoped decision must share with the request it serves: all but the key/prefix."""
-    return (_identity_key(access.identity), access.operation, access.bucket, access.method,
+    if identity_key is None:
+        identity_key = _identity_key(access.identity)
+    return (identity_key, access.operation, access.bucket, access.method,
             access.source_ip)
 
 
@@ -96,12 +101,12 @@ class ScopedDecisions:
         self._clock = clock
         self._lock = threading.Lock()
 
-    def lookup(self, access: AccessRequest) -> bool | None:
+    def lookup(self, access: AccessRequest, identity_key: tuple | None = None) -> bool | None:
         """The scoped answer for ``access`` (a deny wins), or None when no scope covers it."""
         resource = _scoped_resource(access)
         if resource is None:
             return None
-        base = _scope_base(access)
+        base = _scope_base(access, identity_key)
         now = self._clock()
         with self._lock:
             scopes = self._groups.get(base)
@@ -146,10 +151,13 @@ def scoped_decisions(pipeline: "Pipeline") -> ScopedDecisions:
 
 # -- asking the authorizer --------------------------------------------------------------------
 
+_TIMEOUT = getattr(asyncio, "timeout", None)  # 3.11+
+
+
 async def _within(awaitable, seconds: float):
     """Await with a deadline; asyncio.timeout (3.11+) costs a timer, wait_for a whole task."""
-    if hasattr(asyncio, "timeout"):
-        async with asyncio.timeout(seconds):
+    if _TIMEOUT is not None:
+        async with _TIMEOUT(seconds):
             return await awaitable
     return await asyncio.wait_for(awaitable, seconds)
 
@@ -165,11 +173,12 @@ async def is_allowed(pipeline: "Pipeline", access: AccessRequest) -> bool:
       Decision denies, and that denial is never cached.
     """
     store = scoped_decisions(pipeline)
-    scoped = store.lookup(access)
+    identity_key = _identity_key(access.identity)  # claims digested once, for both lookups
+    scoped = store.lookup(access, identity_key)
     if scoped is not None:
         return scoped
     cache = pipeline.cache
-    key = ("authz", pipeline.cache_namespace, decision_cache_key(access))
+    key = ("authz", pipeline.cache_namespace, decision_cache_key(access, identity_key))
     default_ttl = max(0.0, float(pipeline.cache_decisions or 0))
 
     async def fetch():

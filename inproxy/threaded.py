@@ -32,8 +32,10 @@ class ThreadRunner:
 
     def stop(self) -> None:
         if self._loop is not None and self._proxy is not None:
-            asyncio.run_coroutine_threadsafe(self._proxy.stop(), self._loop).result()
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            try:
+                asyncio.run_coroutine_threadsafe(self._proxy.stop(), self._loop).result()
+            finally:  # a failing stop() must not leave the loop running and join() hanging
+                self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
 
     def _run(self) -> None:

@@ -559,7 +559,7 @@ class ConnectionPool:
         key, target, authority = self._target(url)
         if headers is None:
             headers = {}
-        if "host" not in headers and "Host" not in headers and _first_value(headers, "host", "Host") is None:
+        if _first_value(headers, "host", "Host") is None:
             headers = {"Host": authority, **headers}
         head = _serialize(f"{method} {target} HTTP/1.1", headers)
         if data is not None:

@@ -308,3 +308,16 @@ def test_read_operations_only_read():
     assert not {n for n in READ_OPERATIONS if n.startswith(("Put", "Delete", "Create"))}
     # every read operation is one the classifier can produce
     assert READ_OPERATIONS <= names
+
+
+def test_headers_named_by_connection_are_not_forwarded():
+    from inproxy.s3.headers import forwarded_headers
+
+    sent = forwarded_headers([("Connection", "keep-alive, X-Private-Hop"), ("X-Private-Hop", "1"),
+                              ("x-amz-meta-a", "kept"), ("Range", "bytes=0-1")], decoding_chunked=False)
+    assert sent == {"x-amz-meta-a": "kept", "range": "bytes=0-1"}
+
+
+def test_only_listings_carry_a_prefix():
+    assert parse("GET", "/bkt?list-type=2&prefix=a/").prefix == "a/"
+    assert parse("GET", "/bkt/key?uploadId=1&prefix=a/").prefix is None  # ListParts has no prefix

@@ -12,6 +12,7 @@ from .. import errors
 from ..hooks import Authenticator, call_hook
 from ..identity import Identity
 from ..s3 import sigv4
+from ..secrets import Cached
 from .tokens import TokenIssuer
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ class SigV4Authenticator(Authenticator):
         authorization = request.headers.get("authorization", "")
         if authorization.startswith(sigv4.ALGORITHM):
             return await self._verify_header(ctx, authorization)
-        if any(name == "X-Amz-Algorithm" for name, _ in ctx.s3.query):
+        if "X-Amz-Algorithm" in ctx.s3.params:
             return await self._verify_presigned(ctx)
         return None
 
@@ -136,7 +137,7 @@ class SigV4Authenticator(Authenticator):
         self._check_skew(when)
         query = sigv4.canonical_query_string(ctx.s3.raw_query)
         key = self._check_signature(ctx, secret, auth, amz_date, query, payload_hash)
-        if payload_hash.startswith("STREAMING-AWS4-HMAC-SHA256-PAYLOAD"):
+        if payload_hash.startswith(sigv4.STREAMING_PAYLOAD):  # with or without -TRAILER
             ctx.state["chunk_verifier"] = _Signed(key, amz_date, auth.scope, auth.signature)
         return identity
 
@@ -196,8 +197,6 @@ class SigV4Authenticator(Authenticator):
     async def _lookup(self, access_key: str) -> "tuple[str, Identity] | None":
         if self.cache is None or isinstance(self.keys, StaticKeys):
             return await self.keys.lookup(access_key)
-        from ..secrets import Cached
-
         async def fetch():
             found = await self.keys.lookup(access_key)
             # Unknown keys are remembered briefly too, so a flood of bad keys is not a flood of lookups.

@@ -18,6 +18,8 @@ CLIENT_AUTH = frozenset({
 # checksum is verified by the proxy and cannot follow a plain body, so the header that
 # announces it goes too (S3 refuses the algorithm header without its checksum).
 CHUNKED_FRAMING = frozenset({"x-amz-decoded-content-length", "x-amz-trailer", "x-amz-sdk-checksum-algorithm"})
+_DROPPED = HOP_BY_HOP | CLIENT_AUTH
+_DROPPED_DECODING = _DROPPED | CHUNKED_FRAMING
 # Presigned-URL query parameters of the client's signature.
 PRESIGN_PARAMS = frozenset({
     "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
@@ -30,9 +32,16 @@ RESPONSE_HOP_BY_HOP = frozenset({
 
 
 def forwarded_headers(headers: Iterable[tuple[str, str]], *, decoding_chunked: bool) -> dict[str, str]:
-    """The client's headers to send upstream, lower-cased; repeated names joined with ','."""
-    dropped = HOP_BY_HOP | CLIENT_AUTH | (CHUNKED_FRAMING if decoding_chunked else frozenset())
+    """The client's headers to send upstream, lower-cased; repeated names joined with ','.
+    Headers the client's ``Connection`` header names are hop-by-hop too (RFC 9110 7.6.1)."""
+    dropped = _DROPPED_DECODING if decoding_chunked else _DROPPED
     out: dict[str, str] = {}
+    headers = list(headers)
+    for name, value in headers:
+        if name.lower() == "connection":
+            named = {token.strip().lower() for token in value.split(",")} - {"close", "keep-alive", ""}
+            if named:
+                dropped = dropped | (named - {"host"})
     for name, value in headers:
         lname = name.lower()
         if lname in dropped:

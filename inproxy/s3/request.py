@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 from urllib.parse import unquote
 
 from ..errors import InvalidBucketName, InvalidURI, MethodNotAllowed
-from .operations import classify
+from .operations import LISTING_OPERATIONS, classify
 from .sigv4 import parse_query
 
 # Lenient on purpose (legacy S3 allowed upper case and underscores), strict about what
@@ -41,7 +41,7 @@ class S3Request:
     @property
     def prefix(self) -> str | None:
         """The listing prefix of ListObjects(V2)/ListObjectVersions/ListMultipartUploads."""
-        return self.params.get("prefix") if self.operation.startswith("List") else None
+        return self.params.get("prefix") if self.operation in LISTING_OPERATIONS else None
 
     @property
     def resource(self) -> str:
