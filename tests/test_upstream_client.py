@@ -662,6 +662,25 @@ async def test_server_stalling_mid_body_is_a_read_timeout_between_reads():
         await pool.close()
 
 
+async def test_server_that_stops_taking_the_body_is_a_timeout():
+    async def deaf(conn: Conn, server: RawServer) -> None:
+        await conn.read_request()  # the head only: the body is never read, nothing answered
+        await asyncio.sleep(30)
+
+    async def body():
+        for _ in range(256):
+            yield b"u" * MiB
+
+    async with RawServer(deaf) as server:
+        pool = pool_for(server, read_timeout=1.0)
+        headers = {**hdrs(server.port), "content-length": str(256 * MiB)}
+        started = time.monotonic()
+        with pytest.raises(asyncio.TimeoutError):
+            await pool.request("PUT", "/", headers, data=body())
+        assert time.monotonic() - started < 10  # not the 30 s the server would hold it
+        await pool.close()
+
+
 async def test_slow_consumer_is_not_a_read_timeout():
     async def fast(conn: Conn, server: RawServer) -> None:
         await conn.read_request()
