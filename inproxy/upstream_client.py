@@ -467,22 +467,21 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close gracefully (what is buffered is still sent)."""
-        if not self._closed:
-            self._closed = True
-            self._cancel_timer()
-            if self.transport is not None:
-                self.transport.close()
-            self.pool._discard(self)
+        self._shut(abort=False)
 
     def _abort(self) -> None:
-        if not self._closed:
+        self._shut(abort=True)
+
+    def _shut(self, *, abort: bool) -> None:
+        first = not self._closed
+        if first:
             self._closed = True
             self._cancel_timer()
-            if self.transport is not None:
-                self.transport.abort()
+        if self.transport is not None and (first or abort):
+            # An abort also cuts a graceful close that is still flushing.
+            (self.transport.abort if abort else self.transport.close)()
+        if first:
             self.pool._discard(self)
-        elif self.transport is not None:
-            self.transport.abort()  # a graceful close still flushing: cut it
 
     def _forget(self) -> None:
         if not self._closed:

@@ -319,16 +319,23 @@ async def test_short_lived_entries_refresh_only_after_half_life():
     assert cache.stats.refreshes == 1
 
 
-async def test_failing_refresh_keeps_old_value_until_its_end(caplog):
-    clock = FakeClock()
-    cache = SecretsCache(default_ttl=300, refresh_ahead=60, clock=clock)
-    results = iter(["good-secret", RuntimeError("token=hunter2"), "fresh"])
+def scripted(answers):
+    """A fetch that returns (or raises) the given answers in order."""
+    results = iter(answers)
 
     async def fetch() -> str:
         item = next(results)
         if isinstance(item, Exception):
             raise item
         return item
+
+    return fetch
+
+
+async def test_failing_refresh_keeps_old_value_until_its_end(caplog):
+    clock = FakeClock()
+    cache = SecretsCache(default_ttl=300, refresh_ahead=60, clock=clock)
+    fetch = scripted(["good-secret", RuntimeError("token=hunter2"), "fresh"])
 
     assert await cache.get("k", fetch) == "good-secret"
     clock.advance(250)
@@ -349,13 +356,7 @@ async def test_failing_refresh_keeps_old_value_until_its_end(caplog):
 async def test_failed_refresh_is_retried_after_backoff():
     clock = FakeClock()
     cache = SecretsCache(default_ttl=300, refresh_ahead=60, clock=clock)
-    results = iter(["old", RuntimeError("x"), "new"])
-
-    async def fetch() -> str:
-        item = next(results)
-        if isinstance(item, Exception):
-            raise item
-        return item
+    fetch = scripted(["old", RuntimeError("x"), "new"])
 
     await cache.get("k", fetch)
     clock.advance(250)
