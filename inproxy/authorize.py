@@ -48,10 +48,9 @@ from .s3.multi import CopySource, check_content_md5, check_key, content_md5, par
 from .s3.operations import LISTING_OPERATIONS
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from .backend import Backend
     from .context import RequestContext
+    from .front import FrontRequest
     from .pipeline import Pipeline
 
 __all__ = ["MAX_DELETE_BODY", "STATE_BUFFERED_BODY", "STATE_COPY_SOURCE", "authorize_request",
@@ -127,7 +126,7 @@ async def _read_delete_body(ctx: "RequestContext") -> bytes:
     return await read_all(body, MAX_DELETE_BODY)
 
 
-def _check_delete_body_size(request: "web.BaseRequest", chunked: bool) -> None:
+def _check_delete_body_size(request: "FrontRequest", chunked: bool) -> None:
     """Refuse, before reading it, a body that is absent, empty or larger than MAX_DELETE_BODY."""
     declared = request.content_length
     if declared is None:

@@ -19,9 +19,8 @@ from .s3 import sigv4
 from .s3.chunked import AwsChunkedDecoder
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from .context import RequestContext
+    from .front import FrontRequest
 
 __all__ = ["STATE_CONTINUE_SENT", "chunk_decoder", "client_body", "decoded_length", "is_aws_chunked",
            "once", "read_all", "send_continue", "sha256_checked", "verified_body"]
@@ -38,11 +37,11 @@ async def send_continue(ctx: "RequestContext") -> None:
     request already authenticated and authorized: it lets the client send its body."""
     request = ctx.request
     if request.headers.get("expect", "").lower() == "100-continue" and not ctx.state.get(STATE_CONTINUE_SENT):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await request.send_continue()
         ctx.state[STATE_CONTINUE_SENT] = True
 
 
-def is_aws_chunked(request: "web.BaseRequest", client_hash: str) -> bool:
+def is_aws_chunked(request: "FrontRequest", client_hash: str) -> bool:
     """Whether the body is ``aws-chunked``: a streaming payload hash or the content encoding says so."""
     if client_hash.startswith(_STREAMING_PREFIX):
         return True
@@ -50,7 +49,7 @@ def is_aws_chunked(request: "web.BaseRequest", client_hash: str) -> bool:
     return any(c.strip().lower() == "aws-chunked" for e in encodings for c in e.split(","))
 
 
-def decoded_length(request: "web.BaseRequest") -> int:
+def decoded_length(request: "FrontRequest") -> int:
     """``x-amz-decoded-content-length`` of an aws-chunked body (required)."""
     decoded = request.headers.get("x-amz-decoded-content-length")
     if decoded is None or not decoded.isdigit():
@@ -105,7 +104,7 @@ def chunk_decoder(ctx: "RequestContext", decoded_length: int, client_hash: str) 
     )
 
 
-async def client_body(request: "web.BaseRequest", declared: int | None) -> AsyncIterator[bytes]:
+async def client_body(request: "FrontRequest", declared: int | None) -> AsyncIterator[bytes]:
     """The client's raw body; ending before Content-Length is an error, not a short upload."""
     received = 0
     try:

@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from .errors import new_request_id
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from .backend import Backend
     from .credentials import Credentials
+    from .front import FrontRequest
     from .identity import Identity
     from .s3.request import S3Request
 
@@ -62,7 +61,7 @@ class RequestContext:
     verify chunk signatures, say) but must keep it streaming.
     """
 
-    request: "web.BaseRequest"
+    request: "FrontRequest"
     s3: "S3Request | None" = None
     request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.monotonic)

@@ -57,7 +57,7 @@ class ProxyHooks:
     ``logging`` (always, once).
     """
 
-    async def request_filter(self, ctx: "RequestContext") -> "web.StreamResponse | None":
+    async def request_filter(self, ctx: "RequestContext") -> "web.Response | None":
         """Runs after the client is authenticated and authorized; return a response to answer it here."""
         return None
 

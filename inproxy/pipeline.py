@@ -25,6 +25,7 @@ from .s3.xml import list_buckets_xml
 
 if TYPE_CHECKING:
     from .backend import BackendMap
+    from .front import FrontRequest, ResponseWriter
     from .credentials import Credentials
     from .secrets import SecretsCache
     from .upstream import UpstreamPool
@@ -67,14 +68,18 @@ class Pipeline:
         self._filters_response_body = _overrides(hooks, "response_body_filter")
         self._has_logging_hook = _overrides(hooks, "logging")
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """aiohttp's low-level handler: always answers, always logs once."""
+    async def handle(self, request: "FrontRequest") -> web.Response | None:
+        """Answer one request (streamed through ``request.writer``, or returned whole for the
+        connection to send); always logs once."""
         ctx = RequestContext(request)
         try:
             response = await self._process(ctx)
         except S3Error as err:
             ctx.error = err
             response = self._error_response(ctx, err)
+            if request.writer.started:  # too late for another answer: only breaking the connection tells
+                _abort(request)
+                response = None
         except asyncio.CancelledError as exc:  # the proxy is stopping: still logged once
             ctx.error = ctx.error or exc
             await self._logging(ctx)
@@ -83,11 +88,14 @@ class Pipeline:
             ctx.error = exc
             log.exception("request %s failed", ctx.request_id)
             response = self._error_response(ctx, errors.InternalError())
-        ctx.status = ctx.status or response.status
+            if request.writer.started:
+                _abort(request)
+                response = None
+        ctx.status = ctx.status or (response.status if response is not None else None)
         await self._logging(ctx)
         return response
 
-    async def _process(self, ctx: RequestContext) -> web.StreamResponse:
+    async def _process(self, ctx: RequestContext) -> web.Response | None:
         request = ctx.request
         self._check_header_size(request)
         for endpoint in self.endpoints:
@@ -130,7 +138,7 @@ class Pipeline:
         or answers anything but a bool or a Decision denies, and that denial is not cached."""
         return await is_allowed(self, access)
 
-    async def _list_buckets(self, ctx: RequestContext) -> web.StreamResponse:
+    async def _list_buckets(self, ctx: RequestContext) -> web.Response:
         """ListBuckets is answered by the proxy: the configured buckets this identity may see."""
         visible = []
         for name in self.backends.bucket_names:
@@ -209,7 +217,7 @@ class Pipeline:
 
     # -- forwarding and streaming ----------------------------------------------------------
 
-    async def _forward(self, ctx: RequestContext) -> web.StreamResponse:
+    async def _forward(self, ctx: RequestContext) -> None:
         up = ctx.upstream
         if ctx.body is not None:  # only now, authenticated and authorized, may the client send it
             await send_continue(ctx)
@@ -235,23 +243,16 @@ class Pipeline:
             return errors.GatewayTimeout()
         return errors.BadGateway()
 
-    async def _relay_response(self, ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    async def _relay_response(self, ctx: RequestContext, upstream: aiohttp.ClientResponse) -> None:
         headers = response_headers(upstream.headers.items())
         chunks = await self._renamed_xml(ctx, upstream, headers) or upstream.content.iter_any()
         await self.hooks.response_filter(ctx, upstream.status, headers)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        # Hold the head until the first body chunk so both leave in one send(): one syscall
-        # (and one wake-up of the client) less per small response.  aiohttp's own Response
-        # does this; StreamResponse flushes the head at prepare() unless told otherwise.
-        response._send_headers_immediately = False
-        for name, value in headers:
-            response.headers.add(name, value)
         ctx.status = upstream.status
-        if ctx.state.get("body_error") is not None:
-            response.force_close()
+        writer = ctx.request.writer
         try:
-            await response.prepare(ctx.request)
-            await self._relay_body(ctx, chunks, response)
+            writer.head(upstream.status, upstream.reason, headers,
+                        close=ctx.state.get("body_error") is not None)
+            await self._relay_body(ctx, chunks, writer)
         except Exception as exc:
             # The status line may be out (or the client gone): another answer is impossible,
             # and a short body must never look complete.  Breaking the connection is the only
@@ -260,7 +261,6 @@ class Pipeline:
             self._log_broken_response(ctx, exc)
             upstream.close()
             _abort(ctx.request)
-        return response
 
     async def _renamed_xml(self, ctx: RequestContext, upstream: aiohttp.ClientResponse,
                            headers: list[tuple[str, str]]) -> AsyncIterator[bytes] | None:
@@ -276,13 +276,13 @@ class Pipeline:
         return once(body)
 
     async def _relay_body(self, ctx: RequestContext, chunks: AsyncIterator[bytes],
-                          response: web.StreamResponse) -> None:
+                          writer: "ResponseWriter") -> None:
         async for chunk in chunks:
             if self._filters_response_body:
                 chunk = await self.hooks.response_body_filter(ctx, chunk)
             ctx.bytes_out += len(chunk)
-            await response.write(chunk)
-        await response.write_eof()
+            await writer.write(chunk)
+        await writer.finish()
 
     def _log_broken_response(self, ctx: RequestContext, exc: Exception) -> None:
         if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)):
@@ -293,22 +293,20 @@ class Pipeline:
 
     # -- errors and logging -----------------------------------------------------------------
 
-    def _check_header_size(self, request: web.BaseRequest) -> None:
+    def _check_header_size(self, request: "FrontRequest") -> None:
         size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
         if size > self.max_header_bytes:
             raise errors.RequestHeaderSectionTooLarge()
 
-    def _error_response(self, ctx: RequestContext, err: S3Error) -> web.StreamResponse:
+    def _error_response(self, ctx: RequestContext, err: S3Error) -> web.Response:
         resource = ctx.s3.resource if ctx.s3 is not None else ""
         body = err.to_xml(resource=resource, request_id=ctx.request_id)
         head = ctx.request.method == "HEAD"
         response = web.Response(status=err.status, body=None if head else body,
                                 content_type="application/xml",
                                 headers={"x-amz-request-id": ctx.request_id})
-        if not _body_consumed(ctx.request):
-            # An unread body (e.g. after refusing Expect: 100-continue) must not be parsed as
-            # the next request.
-            response.force_close()
+        # An unread body (e.g. after refusing Expect: 100-continue) is never parsed as the next
+        # request: the connection closes after this answer (inproxy.front).
         return response
 
     async def _logging(self, ctx: RequestContext) -> None:
@@ -332,11 +330,7 @@ class Pipeline:
                  f" error={type(ctx.error).__name__}" if ctx.error else "")
 
 
-def _body_consumed(request: web.BaseRequest) -> bool:
-    return not request.body_exists or request.content.at_eof()
-
-
-def _abort(request: web.BaseRequest) -> None:
+def _abort(request: "FrontRequest") -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()

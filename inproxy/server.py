@@ -8,13 +8,12 @@ import ssl
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from aiohttp import web
-
 from .auth.sigv4 import SigV4Authenticator
 from .auth.tokens import TokenIssuer
 from .backend import Backend, BackendMap
 from .clients import ClientHelpers
 from .credentials import Credentials
+from .front import FrontServer
 from .hooks import ProxyHooks, as_authenticator, as_authorizer, as_credential_provider
 from .identity import Identity
 from .pipeline import Pipeline
@@ -22,10 +21,9 @@ from .s3.sigv4 import Signer
 from .secrets import SecretsCache
 from .threaded import ThreadRunner
 from .upstream import UpstreamPool
-from .web_protocol import S3Server
 
 log = logging.getLogger("inproxy")
-# After the grace period, how long cancelled requests and aiohttp's own clean-up may take.
+# After the grace period, how long cancelled requests and closing connections may take.
 _ABORT_SECONDS = 3.0
 
 
@@ -102,10 +100,7 @@ class ProxyServer(ClientHelpers):
         for endpoint in endpoints:
             if hasattr(endpoint, "bind"):
                 endpoint.bind(self)
-        self._runner: web.BaseRunner | None = None
-        self._site: web.TCPSite | None = None
-        # Handler tasks of the requests being answered, so that stop() can wait for them.
-        self._in_flight: set[asyncio.Task] = set()
+        self._front: FrontServer | None = None
         self.port: int | None = None
 
     @property
@@ -126,35 +121,15 @@ class ProxyServer(ClientHelpers):
 
     async def start(self) -> "ProxyServer":
         """Bind and start serving in the running event loop."""
-        if self._runner is not None:
+        if self._front is not None:
             raise RuntimeError("already started")
-        # Idle client connections close after 75 s (aiohttp's default is an hour).
-        server = S3Server(self._serve, auto_decompress=False, access_log=None, keepalive_timeout=75,
-                           max_field_size=self.pipeline.max_header_bytes,
-                           max_line_size=self.pipeline.max_header_bytes)
-        runner = web.ServerRunner(server, handle_signals=False, access_log=None,
-                                  shutdown_timeout=self.shutdown_timeout)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=self.ssl,
-                           reuse_address=True)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner, self._site = runner, site
-        self.port = site._server.sockets[0].getsockname()[1]  # the port actually bound (port 0 -> ephemeral)
+        # Idle client connections close after 75 s.
+        front = FrontServer(self.pipeline.handle, max_header_bytes=self.pipeline.max_header_bytes,
+                            keepalive_timeout=75.0)
+        self.port = await front.start(self.host, self._requested_port, self.ssl)  # port 0 -> ephemeral
+        self._front = front
         log.info("inproxy listening on %s", self.endpoint_url)
         return self
-
-    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The pipeline, with each request's task known to stop().  aiohttp runs one task per
-        request, which also writes a returned response: the request is done when the task is."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        return await self.pipeline.handle(request)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within ``shutdown_timeout``, then close.
@@ -162,44 +137,14 @@ class ProxyServer(ClientHelpers):
         Returns within ``shutdown_timeout`` plus a few seconds whatever clients and backends
         do: requests still running after the grace period are aborted.
         """
-        runner, site = self._runner, self._site
-        self._runner = self._site = None
-        if runner is None:
+        front, self._front = self._front, None
+        if front is None:
             return
-        server = runner.server
         try:
-            if site is not None:
-                await site.stop()  # no new connections from here on
-            if server is not None:
-                server.pre_shutdown()  # idle keep-alive connections close now, busy ones after their answer
-            await self._finish_in_flight()
+            await front.stop(self.shutdown_timeout, _ABORT_SECONDS)
         finally:
             await self._pool.close()
-            if server is not None:
-                # Nothing is being answered any more: what is left idles, or waits for a refused
-                # body that may never come.  Closing still delivers what is buffered.
-                for connection in server.connections:
-                    connection.force_close()
-            await self._cleanup(runner)
             self.port = None
-
-    async def _finish_in_flight(self) -> None:
-        running = set(self._in_flight)
-        if running:
-            _, running = await asyncio.wait(running, timeout=self.shutdown_timeout)
-        if running:
-            log.warning("inproxy: %d request(s) still running after the %.1f s grace period; aborting them",
-                        len(running), self.shutdown_timeout)
-            for task in running:
-                task.cancel()
-            await asyncio.wait(running, timeout=_ABORT_SECONDS)
-
-    async def _cleanup(self, runner: web.BaseRunner) -> None:
-        """aiohttp's own clean-up, bounded (its handlers are finished or aborted by now)."""
-        try:
-            await asyncio.wait_for(runner.cleanup(), _ABORT_SECONDS)
-        except asyncio.TimeoutError:
-            log.warning("inproxy: aiohttp's clean-up did not finish in %.0f s; going on", _ABORT_SECONDS)
 
     async def __aenter__(self) -> "ProxyServer":
         return await self.start()

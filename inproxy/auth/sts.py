@@ -59,6 +59,7 @@ from .jwt import JWTMalformed, JWTRejected, JWTVerifier, KeysUnavailable
 
 if TYPE_CHECKING:
     from ..context import RequestContext
+    from ..front import FrontRequest
     from ..credentials import Credentials
     from .tokens import TokenIssuer
 
@@ -131,7 +132,7 @@ class STSEndpoint:
         """Called by the ProxyServer: credentials are issued with its TokenIssuer."""
         self._issuer = proxy.issuer
 
-    async def handle(self, ctx: "RequestContext") -> web.StreamResponse | None:
+    async def handle(self, ctx: "RequestContext") -> "web.Response | None":
         """The STS answer for an STS request; ``None`` for anything else (S3 carries on)."""
         if not is_sts_request(ctx.request):
             return None
@@ -142,7 +143,7 @@ class STSEndpoint:
             ctx.error = err
             return _error_response(ctx, err)
 
-    async def _answer(self, ctx: "RequestContext", params: Mapping[str, str]) -> web.StreamResponse:
+    async def _answer(self, ctx: "RequestContext", params: Mapping[str, str]) -> web.Response:
         call = parse_call(params)
         claims, identity = await self._verify(call.token)
         ctx.identity = identity
@@ -185,7 +186,7 @@ class STSEndpoint:
         return credentials
 
 
-def is_sts_request(request: web.BaseRequest) -> bool:
+def is_sts_request(request: "FrontRequest") -> bool:
     """``POST /`` with a form body, or ``GET|POST /?Action=...``: the shapes of STS Query API calls."""
     if request.raw_path.partition("?")[0] != "/" or request.method not in ("GET", "POST"):
         return False
@@ -194,7 +195,7 @@ def is_sts_request(request: web.BaseRequest) -> bool:
     return request.method == "POST" and request.content_type == _FORM
 
 
-async def read_parameters(request: web.BaseRequest) -> dict[str, str]:
+async def read_parameters(request: "FrontRequest") -> dict[str, str]:
     """Query and form parameters (the body's win), the first value of each name; the body is bounded."""
     params: dict[str, str] = {}
     for name, value in request.query.items():
@@ -212,11 +213,11 @@ async def read_parameters(request: web.BaseRequest) -> dict[str, str]:
     return params
 
 
-async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
+async def _read_body(request: "FrontRequest", limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise STSError("ValidationError", "The request body is too large.")
     if request.headers.get("expect", "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await request.send_continue()
     parts, size = [], 0
     async for chunk in request.content.iter_chunked(16 * 1024):
         size += len(chunk)
@@ -321,7 +322,7 @@ def _iso8601(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _error_response(ctx: "RequestContext", err: STSError) -> web.StreamResponse:
+def _error_response(ctx: "RequestContext", err: STSError) -> web.Response:
     response = web.Response(status=err.status, body=err.to_xml(ctx.request_id), content_type="text/xml",
                             headers={"x-amzn-RequestId": ctx.request_id})
     if ctx.request.body_exists and not ctx.request.content.at_eof():

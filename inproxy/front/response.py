@@ -1,0 +1,176 @@
+"""Writing one answer to a client: framing, keep-alive, backpressure."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Iterable
+
+from aiohttp import HttpVersion11
+
+try:  # aiohttp's C head serializer: refuses control characters (header injection)
+    from aiohttp.http_writer import _serialize_headers
+except ImportError:  # pragma: no cover - an aiohttp without it
+    from ..upstream_client import _serialize_py as _serialize_headers
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .protocol import FrontConnection
+
+# Framing headers are the writer's business: whatever a handler or backend says is replaced.
+_FRAMING = frozenset({"connection", "keep-alive", "transfer-encoding"})
+# A first body piece up to this size leaves in the same write as the head (one copy, one send).
+_JOIN_LIMIT = 64 * 1024
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+class _Lines:
+    """Header pairs in the shape aiohttp's serializer reads (``items()``)."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def items(self) -> list[tuple[str, str]]:
+        return self.pairs
+
+
+class ResponseWriter:
+    """The answer to one request, written once: ``head()``, then ``write()`` pieces, then
+    ``finish()``; or ``answer()`` with a whole ``aiohttp.web.Response``.
+
+    The head is held until the first body piece (or ``finish()``), so that a small answer
+    leaves in one ``send()``.  A Content-Length given in the head is enforced: more bytes
+    raise, and ``finish()`` before all of them raises (a short body must never look
+    complete; the caller then breaks the connection).  Without one the body is sent
+    chunked (HTTP/1.1) or delimited by closing the connection (HTTP/1.0).  ``write()``
+    waits while the client's socket buffer is full.
+    """
+
+    __slots__ = ("_conn", "_head_only", "_version", "keep_alive", "_head", "_chunked",
+                 "_remaining", "status", "started", "finished")
+
+    def __init__(self, connection: "FrontConnection", head_only: bool, version: Any, *,
+                 keep_alive: bool) -> None:
+        self._conn = connection
+        self._head_only = head_only
+        self._version = version
+        self.keep_alive = keep_alive
+        self._head: bytes | None = None
+        self._chunked = False
+        self._remaining: int | None = None
+        self.status: int | None = None
+        self.started = False  # head() was called
+        self.finished = False
+
+    def head(self, status: int, reason: str | None, headers: Iterable[tuple[str, str]], *,
+             close: bool = False) -> None:
+        """Set the status line and headers (sent with the first body bytes)."""
+        if self.started:
+            raise RuntimeError("the response head is already set")
+        self.started = True
+        self.status = status
+        conn = self._conn
+        no_body = self._head_only or status < 200 or status in (204, 304)
+        pairs: list[tuple[str, str]] = []
+        length: str | None = None
+        has_date = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _FRAMING:
+                continue
+            if lname == "content-length":
+                length = value
+            elif lname == "date":
+                has_date = True
+            pairs.append((name, value))
+        if not has_date:
+            pairs.append(("Date", conn.server.http_date()))
+        if no_body:
+            self._remaining = 0
+        elif length is not None:
+            self._remaining = int(length)
+        elif self._version >= HttpVersion11:
+            self._chunked = True
+            pairs.append(("Transfer-Encoding", "chunked"))
+        else:
+            close = True  # HTTP/1.0 without a length: the end of the body is the end of the connection
+        if close or conn.closing or not conn.request_body_consumed():
+            self.keep_alive = False
+        if not self.keep_alive:
+            pairs.append(("Connection", "close"))
+        elif self._version < HttpVersion11:
+            pairs.append(("Connection", "keep-alive"))
+        self._head = _serialize_headers(f"HTTP/1.1 {status} {reason or _phrase(status)}", _Lines(pairs))
+
+    async def write(self, data: bytes) -> None:
+        """Send a piece of the body; waits while the client's socket buffer is full."""
+        if self.finished:
+            raise RuntimeError("the response is finished")
+        remaining = self._remaining
+        if remaining is not None:
+            if len(data) > remaining:
+                raise ValueError("more body bytes than the Content-Length of the response")
+            self._remaining = remaining - len(data)
+        if not data:
+            return
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        conn = self._conn
+        head = self._head
+        if head is not None:
+            self._head = None
+            if len(data) <= _JOIN_LIMIT:
+                data = head + data
+            else:
+                conn.write(head)
+        conn.write(data)
+        if conn.write_paused:
+            await conn.drain()
+
+    async def finish(self) -> None:
+        """End the body (raises when a Content-Length was promised and not met)."""
+        if self.finished:
+            return
+        if self._remaining:
+            raise ConnectionError(f"response body ended {self._remaining} bytes short of its Content-Length")
+        self.finished = True
+        tail = b"0\r\n\r\n" if self._chunked else b""
+        head, self._head = self._head, None
+        data = head + tail if head is not None else tail
+        if data:
+            self._conn.write(data)
+        if self._conn.write_paused:
+            await self._conn.drain()
+
+    async def answer(self, response: "web.Response") -> None:
+        """Send a whole ``aiohttp.web.Response`` (status, reason, headers, bytes body)."""
+        body = response.body
+        if body is None:
+            body = b""
+        elif not isinstance(body, (bytes, bytearray)):
+            body = getattr(body, "_value", None)
+            if not isinstance(body, (bytes, bytearray)):
+                raise TypeError("only responses with a bytes body can be answered")
+        headers = [(n, v) for n, v in response.headers.items() if n.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(body))))
+        self.head(response.status, response.reason, headers, close=response.keep_alive is False)
+        if not self._head_only and body:
+            await self.write(bytes(body))
+        await self.finish()
+
+    async def error(self, status: int, body: bytes, headers: Iterable[tuple[str, str]], *,
+                    close: bool = False) -> None:
+        """Send a whole answer of this status with an XML body."""
+        pairs = [("Content-Type", "application/xml"), ("Content-Length", str(len(body))), *headers]
+        self.head(status, None, pairs, close=close)
+        if not self._head_only and body:
+            await self.write(body)
+        await self.finish()
