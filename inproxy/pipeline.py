@@ -171,7 +171,7 @@ class Pipeline:
         headers.update(upstream_headers(self, ctx))  # content-md5, a rewritten x-amz-copy-source
         encoded_key = sigv4.uri_encode(s3.key, keep_slash=True) if s3.key is not None else None
         host, path = backend.locate(s3.bucket, encoded_key)
-        query = sigv4.canonical_query_string(s3.raw_query, drop=PRESIGN_PARAMS)
+        query = s3.canonical_query(drop=PRESIGN_PARAMS)
         ctx.body, ctx.body_length = self._request_body(ctx, chunked, client_hash)
         if ctx.body_length is not None and (ctx.body is not None or request.method in ("PUT", "POST")):
             headers["content-length"] = str(ctx.body_length)

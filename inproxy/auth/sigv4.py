@@ -133,9 +133,9 @@ class SigV4Authenticator(Authenticator):
         payload_hash = headers.get("x-amz-content-sha256")
         if payload_hash is None:
             raise errors.InvalidRequest("Missing required header for this request: x-amz-content-sha256")
+        self._check_skew(when)  # before the key lookup: a stale or replayed request costs nothing more
         secret, identity = await self._secret(auth.access_key, headers.get("x-amz-security-token"))
-        self._check_skew(when)
-        query = sigv4.canonical_query_string(ctx.s3.raw_query)
+        query = ctx.s3.canonical_query()
         key = self._check_signature(ctx, secret, auth, amz_date, query, payload_hash)
         if payload_hash.startswith(sigv4.STREAMING_PAYLOAD):  # with or without -TRAILER
             ctx.state["chunk_verifier"] = _Signed(key, amz_date, auth.scope, auth.signature)
@@ -143,14 +143,14 @@ class SigV4Authenticator(Authenticator):
 
     async def _verify_presigned(self, ctx: "RequestContext") -> Identity:
         presign = sigv4.parse_presigned_query(ctx.s3.query)
-        secret, identity = await self._secret(presign.access_key, presign.security_token)
         now = self.clock()
         start = presign.timestamp.timestamp()
         if now < start - self.max_skew:
             raise errors.AccessDenied("Request is not yet valid.")
         if now > start + presign.expires:
             raise errors.AccessDenied("Request has expired")
-        query = sigv4.canonical_query_string(ctx.s3.raw_query, drop=_SIGNATURE_PARAM)
+        secret, identity = await self._secret(presign.access_key, presign.security_token)
+        query = ctx.s3.canonical_query(drop=_SIGNATURE_PARAM)
         payload_hash = ctx.s3.params.get("X-Amz-Content-Sha256") or sigv4.UNSIGNED_PAYLOAD
         self._check_signature(ctx, secret, presign, presign.amz_date, query, payload_hash)
         return identity

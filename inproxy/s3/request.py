@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Mapping, Sequence
 from urllib.parse import unquote
 
 from ..errors import InvalidBucketName, InvalidURI, MethodNotAllowed
 from .operations import LISTING_OPERATIONS, classify
-from .sigv4 import parse_query
+from .sigv4 import canonical_query_pairs, join_canonical_query, parse_query
 
 # Lenient on purpose (legacy S3 allowed upper case and underscores), strict about what
 # could confuse a path: no slashes, no percent signs, no dot-only names.
@@ -42,6 +43,15 @@ class S3Request:
     def prefix(self) -> str | None:
         """The listing prefix of ListObjects(V2)/ListObjectVersions/ListMultipartUploads."""
         return self.params.get("prefix") if self.operation in LISTING_OPERATIONS else None
+
+    @cached_property
+    def canonical_query_pairs(self) -> list[tuple[str, str, str]]:
+        """The SigV4 canonical query pieces (computed once: verification and re-signing share them)."""
+        return canonical_query_pairs(self.raw_query)
+
+    def canonical_query(self, drop: "frozenset[str] | set[str]" = frozenset()) -> str:
+        """The SigV4 canonical query string, without the parameters named in ``drop``."""
+        return join_canonical_query(self.canonical_query_pairs, drop=drop)
 
     @property
     def resource(self) -> str:
@@ -77,6 +87,8 @@ def parse_s3_request(method: str, raw_path: str, raw_query: str, host: str,
 
 
 def _virtual_host_bucket(host: str, base_domains: Sequence[str]) -> str | None:
+    if not base_domains:
+        return None
     hostname = _strip_port(host).lower().rstrip(".")
     for domain in base_domains:
         suffix = "." + domain.lower().strip(".")

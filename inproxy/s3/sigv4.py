@@ -160,18 +160,32 @@ def canonical_query_string(raw_query: str, *, drop: Collection[str] = ()) -> str
     Percent-decoding is byte-level, so ``%FF`` stays ``%FF`` and a stray ``%`` becomes
     ``%25``.  Idempotent: a canonical query string is returned unchanged.
     """
+    return join_canonical_query(canonical_query_pairs(raw_query), drop=drop)
+
+
+def canonical_query_pairs(raw_query: str) -> list[tuple[str, str, str]]:
+    """The pieces of :func:`canonical_query_string`, computed once per request and joined
+    as often as needed (the proxy verifies with one set of names and forwards another):
+    sorted ``(encoded name, encoded value, decoded name)`` triples."""
     if not raw_query:
-        return ""
+        return []
     pairs = []
     for piece in raw_query.split("&"):
         if not piece:
             continue
         name, _, value = piece.partition("=")
-        if drop and (name in drop or ("%" in name and unquote(name) in drop)):
-            continue
-        pairs.append((_canonical_component(name), _canonical_component(value)))
+        pairs.append((_canonical_component(name), _canonical_component(value),
+                      unquote(name) if "%" in name else name))
     pairs.sort()
-    return "&".join([f"{n}={v}" for n, v in pairs])
+    return pairs
+
+
+def join_canonical_query(pairs: Sequence[tuple[str, str, str]], *, drop: Collection[str] = ()) -> str:
+    """The canonical query string of :func:`canonical_query_pairs`, without the parameters
+    whose decoded name is in ``drop``."""
+    if drop:
+        return "&".join([f"{n}={v}" for n, v, decoded in pairs if decoded not in drop])
+    return "&".join([f"{n}={v}" for n, v, _ in pairs])
 
 
 # -- headers --------------------------------------------------------------------------------
