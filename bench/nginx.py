@@ -6,6 +6,11 @@ proxy adds on top of it is the proxy's own cost.  GET/HEAD are served from files
 into the same tree.  One worker process, keep-alive without a request limit,
 127.0.0.1 only, no access log; everything (config, pid, logs, temp files) lives in
 its own directory.
+
+``Nginx(proxy_to=URL)`` is the same nginx as a reverse proxy instead (variant
+``nginx/proxy`` of the harness, a calibration point: what a proxy in C costs here):
+``proxy_pass`` to URL over an upstream with ``keepalive 32``, HTTP/1.1, request bodies
+streamed (``proxy_request_buffering off``), responses buffered as nginx does by default.
 """
 
 from __future__ import annotations
@@ -41,16 +46,29 @@ http {{
     fastcgi_temp_path {work}/tmp/fastcgi;
     uwsgi_temp_path {work}/tmp/uwsgi;
     scgi_temp_path {work}/tmp/scgi;
-    server {{
+{upstream}    server {{
         listen 127.0.0.1:{port} reuseport;
         root {root};
         location / {{
-            dav_methods PUT;
-            create_full_put_path on;
+{location}
         }}
     }}
 }}
 """
+ORIGIN = """\
+            dav_methods PUT;
+            create_full_put_path on;"""
+PROXY_UPSTREAM = """\
+    upstream origin {{
+        server {backend};
+        keepalive 32;
+    }}
+"""
+PROXY = """\
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_request_buffering off;"""
 
 
 def find_nginx() -> str | None:
@@ -69,8 +87,10 @@ def _free_port() -> int:
 class Nginx:
     """``with Nginx(root) as n: n.endpoint_url``; objects go in ``root/bucket/key``."""
 
-    def __init__(self, root: str | os.PathLike | None = None, binary: str | None = None) -> None:
+    def __init__(self, root: str | os.PathLike | None = None, binary: str | None = None,
+                 proxy_to: str | None = None) -> None:
         self.binary = binary or find_nginx()
+        self.proxy_to = proxy_to  # "http://host:port": a reverse proxy, not an origin
         self._given_root = root
         self.root: Path | None = None
         self.work: Path | None = None
@@ -96,7 +116,13 @@ class Nginx:
         # As root, nginx's workers would drop to 'nobody' and could not use these 0700 dirs.
         user = "user root;" if os.geteuid() == 0 else ""
         conf = self.work / "nginx.conf"
-        conf.write_text(CONFIG.format(user=user, work=self.work, root=self.root, port=self.port))
+        if self.proxy_to:
+            backend = self.proxy_to.split("://", 1)[-1].rstrip("/")
+            upstream, location = PROXY_UPSTREAM.format(backend=backend), PROXY
+        else:
+            upstream, location = "", ORIGIN
+        conf.write_text(CONFIG.format(user=user, work=self.work, root=self.root, port=self.port,
+                                      upstream=upstream, location=location))
         self.proc = subprocess.Popen([self.binary, "-p", str(self.work), "-c", str(conf)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(self.work / "stderr.log", "wb"), start_new_session=True)
@@ -128,6 +154,15 @@ class Nginx:
                 return [int(p) for p in f.read().split()]
         except OSError:
             return []
+
+    def worker_pid(self, timeout: float = 10.0) -> int:
+        """The (single) worker's pid, once the master has forked it: where the work is done."""
+        deadline = time.monotonic() + timeout
+        while not (pids := self.worker_pids()):
+            if time.monotonic() > deadline or self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError("nginx has no worker process")
+            time.sleep(0.02)
+        return pids[0]
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

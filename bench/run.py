@@ -58,6 +58,10 @@ SMALL_KEY = "small-1k"
 CLIENT_KEY, CLIENT_SECRET = "bench-client", "bench-client-secret-0123456789"
 REGION = "us-east-1"
 MiB, GiB = 1 << 20, 1 << 30
+# The issue's target for a small GET, in proxy CPU us, and its reference figures for the calibration
+# variants, all measured on another (faster) machine.
+TARGET_US = 60
+REFERENCE_US = {"nginx proxy": 20, "raw proxy/uvloop": 58, "baseline aiohttp": 125}
 
 
 # ------------------------------------------------------------------------------------------
@@ -66,25 +70,37 @@ MiB, GiB = 1 << 20, 1 << 30
 
 @dataclass(frozen=True)
 class Variant:
-    auth: str  # "full" | "off" | "baseline" (bench/baseline_proxy.py, not inproxy)
-    loop: str  # "asyncio" | "uvloop"
+    # "full" | "off": inproxy (bench/proxy_server.py); calibration points, not inproxy:
+    # "baseline" (bench/baseline_proxy.py, aiohttp), "raw" (bench/raw_proxy.py, asyncio
+    # Protocols + aiohttp's C parsers), "nginx" (nginx's proxy_pass, loop "proxy")
+    auth: str
+    loop: str  # "asyncio" | "uvloop" ("proxy" for nginx)
 
     @property
     def name(self) -> str:
         if self.auth == "baseline":
             return f"baseline aiohttp/{self.loop}"
+        if self.auth == "raw":
+            return f"raw proxy/{self.loop}"
+        if self.auth == "nginx":
+            return "nginx proxy"
         return f"proxy {self.auth}/{self.loop}"
 
     @property
     def script(self) -> str:
-        return "baseline_proxy.py" if self.auth == "baseline" else "proxy_server.py"
+        return {"baseline": "baseline_proxy.py", "raw": "raw_proxy.py"}.get(self.auth, "proxy_server.py")
+
+    @property
+    def inproxy(self) -> bool:
+        return self.auth in ("full", "off")
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
         auth, _, loop = text.partition("/")
-        if auth not in ("full", "off", "baseline") or loop not in ("asyncio", "uvloop"):
+        if not (auth in ("full", "off", "baseline", "raw") and loop in ("asyncio", "uvloop")
+                or text == "nginx/proxy"):
             raise argparse.ArgumentTypeError(
-                f"variant must be full|off|baseline/asyncio|uvloop, got {text!r}")
+                f"variant must be full|off|baseline|raw/asyncio|uvloop or nginx/proxy, got {text!r}")
         return cls(auth, loop)
 
 
@@ -135,9 +151,11 @@ def build_config(argv: list[str] | None) -> Config:
                                    "(default 1024x1,64x8; quick 16x1,2x8)")
     p.add_argument("--backends", default="nginx,seaweedfs", help="nginx and/or seaweedfs")
     p.add_argument("--variants", help="proxy variants on nginx, e.g. full/asyncio,off/uvloop; "
-                                      "baseline/asyncio is a minimal aiohttp pass-through proxy (the floor) "
-                                      "(default all four + baseline/asyncio; quick full/asyncio,off/asyncio,"
-                                      "full/uvloop)")
+                                      "calibration points (not inproxy): baseline/LOOP = a minimal aiohttp "
+                                      "pass-through proxy (the floor), raw/LOOP = asyncio Protocols + aiohttp's "
+                                      "C parsers, nginx/proxy = nginx proxy_pass "
+                                      "(default all four + baseline/asyncio,raw/uvloop,raw/asyncio,nginx/proxy; "
+                                      "quick full/asyncio,off/asyncio,full/uvloop,raw/uvloop)")
     p.add_argument("--seaweed-variants", help="proxy variants on SeaweedFS (default "
                                               "full/asyncio,full/uvloop,off/asyncio; quick full/asyncio)")
     p.add_argument("--scenarios", default="signing,small,large", help="any of signing,small,large")
@@ -165,9 +183,11 @@ def build_config(argv: list[str] | None) -> Config:
     if a.variants:
         variants = [Variant.parse(v) for v in a.variants.split(",") if v]
     elif quick:
-        variants = [Variant("full", "asyncio"), Variant("off", "asyncio"), Variant("full", "uvloop")]
+        variants = [Variant("full", "asyncio"), Variant("off", "asyncio"), Variant("full", "uvloop"),
+                    Variant("raw", "uvloop")]
     else:
-        variants = all_variants + [Variant("baseline", "asyncio")]
+        variants = all_variants + [Variant("baseline", "asyncio"), Variant("raw", "uvloop"),
+                                   Variant("raw", "asyncio"), Variant("nginx", "proxy")]
     if a.seaweed_variants:
         sw_variants = [Variant.parse(v) for v in a.seaweed_variants.split(",") if v]
     elif quick:
@@ -266,16 +286,50 @@ class LineProcess:
         self._log.close()
 
 
+class NginxProxyProcess:
+    """Variant nginx/proxy, shaped like a LineProcess for the harness.  ``pid`` is the WORKER's
+    (it does the work; the master only waits), so CPU and RSS readings are the worker's."""
+
+    def __init__(self, backend_url: str, name: str) -> None:
+        self.name = name
+        self.server = Nginx(proxy_to=backend_url).start()
+        self.proc = self.server.proc  # the master: stop_all signals it
+        self._pid: int | None = None
+
+    @property
+    def pid(self) -> int:
+        if self._pid is None:
+            self._pid = self.server.worker_pid()
+        return self._pid
+
+    def read_json(self, timeout: float) -> dict:
+        return {"port": self.server.port, "pid": self.pid, "master_pid": self.server.pid,
+                "loop": "nginx", "auth": "nginx"}
+
+    def log_tail(self, n: int = 2000) -> str:
+        return ""
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
 def spawn_proxies(variants: list[Variant], backend_url: str, backend_key: str, backend_secret: str,
                   logdir: Path, extra: list[str] | None = None) -> dict[Variant, LineProcess]:
     """Start one proxy process per variant (does not wait for them: see wait_proxies)."""
-    procs = {}
-    for v in variants:
-        cmd = [sys.executable, str(ROOT / "bench" / v.script), "--backend", backend_url,
-               "--backend-key", backend_key, "--backend-secret", backend_secret, "--region", REGION,
-               "--auth", v.auth, "--client-key", CLIENT_KEY, "--client-secret", CLIENT_SECRET,
-               "--bucket", BUCKET, *(["--uvloop"] if v.loop == "uvloop" else []), *(extra or [])]
-        procs[v] = LineProcess(cmd, v.name, logdir)
+    procs: dict = {}
+    try:
+        for v in variants:
+            if v.auth == "nginx":
+                procs[v] = NginxProxyProcess(backend_url, v.name)
+                continue
+            cmd = [sys.executable, str(ROOT / "bench" / v.script), "--backend", backend_url,
+                   "--backend-key", backend_key, "--backend-secret", backend_secret, "--region", REGION,
+                   "--auth", v.auth, "--client-key", CLIENT_KEY, "--client-secret", CLIENT_SECRET,
+                   "--bucket", BUCKET, *(["--uvloop"] if v.loop == "uvloop" else []), *(extra or [])]
+            procs[v] = LineProcess(cmd, v.name, logdir)
+    except BaseException:  # nginx failed to start: stop what already runs
+        stop_all(procs.values())
+        raise
     return procs
 
 
@@ -674,7 +728,7 @@ def profile_proxy(cfg: Config, backend: BackendUnderTest, workdir: Path, log) ->
     finally:
         for proc, _ in procs.values():
             proc.stop()
-    if cfg.cprofile and cfg.profile_variant.auth != "baseline":
+    if cfg.cprofile and cfg.profile_variant.inproxy:
         stats = workdir / "cprofile.stats"
         procs = start_proxies([cfg.profile_variant], backend.endpoint, backend.access_key,
                               backend.secret_key, workdir, extra=["--cprofile", str(stats)])
@@ -721,12 +775,37 @@ def summarize(results: dict) -> dict:
                     "rps_ratio": rps / direct if direct and rps is not None else None,
                     "p50_ratio": p50 / direct_p50 if direct_p50 and p50 is not None else None,
                     "errors": sum(sum(s["errors"].values()) for s in t)})
+    def cpu_of(row: dict, target: str) -> float | None:
+        """CPU per request of another target, same backend and concurrency."""
+        other = next((r for r in summary["small"] if r["backend"] == row["backend"]
+                      and r["concurrency"] == row["concurrency"] and r["target"] == target), None)
+        return other["cpu_us_per_req"] if other else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
     for row in summary["small"]:
-        floor = next((r for r in summary["small"] if r["backend"] == row["backend"]
-                      and r["concurrency"] == row["concurrency"]
-                      and r["target"] == "baseline aiohttp/" + row["target"].rsplit("/", 1)[-1]), None)
-        row["cpu_x_floor"] = (row["cpu_us_per_req"] / floor["cpu_us_per_req"]
-                              if floor and floor["cpu_us_per_req"] and row["cpu_us_per_req"] else None)
+        loop = row["target"].rsplit("/", 1)[-1]
+        row["cpu_x_floor"] = ratio(row["cpu_us_per_req"], cpu_of(row, "baseline aiohttp/" + loop))
+        row["cpu_x_raw"] = ratio(row["cpu_us_per_req"], cpu_of(row, "raw proxy/" + loop))
+    # The issue's 60 us target, translated to this machine through each calibration point that ran:
+    # 60 x (its CPU here / its CPU on the reference machine).
+    summary["calibration"] = []
+    for row in summary["small"]:
+        if row["target"] != "direct" or row["backend"] != "nginx":
+            continue
+        points = {}
+        for target, there in REFERENCE_US.items():
+            if target == "baseline aiohttp":  # the reference does not say which loop: prefer uvloop
+                here = cpu_of(row, target + "/uvloop") or cpu_of(row, target + "/asyncio")
+            else:
+                here = cpu_of(row, target)
+            if here:
+                points[target] = {"here_us": here, "reference_us": there,
+                                  "target_here_us": TARGET_US * here / there}
+        if points:
+            summary["calibration"].append({"backend": row["backend"], "concurrency": row["concurrency"],
+                                           "points": points})
     large = results.get("large", [])
     for backend in dict.fromkeys(s["backend"] for s in large):
         for label in dict.fromkeys(s["label"] for s in large if s["backend"] == backend):
@@ -784,21 +863,33 @@ def format_report(cfg: Config, results: dict, summary: dict) -> str:
     out = []
     if results.get("signing"):
         out += [signing.format_table(results["signing"]), ""]
+    has_raw = any(r.get("cpu_x_raw") for r in summary["small"])
     if summary["small"]:
         out.append(f"Small GETs (1 KiB, keep-alive, wrk {cfg.wrk_seconds} s per run): medians over rounds; "
                    "x direct = req/s ratio; CPU = proxy process CPU per request; backend us = the backend's "
                    "CPU per request (a gauge of how slow the machine is right now); x floor = proxy CPU / "
-                   "the minimal aiohttp proxy's (baseline variant, same loop)")
+                   "the minimal aiohttp proxy's (baseline variant, same loop)"
+                   + ("; x raw = proxy CPU / the raw asyncio.Protocol proxy's (same loop)" if has_raw else ""))
         out.append(f"  {'backend':9s} {'conc':>4s} {'target':22s} {'req/s':>9s} {'x direct':>8s} "
-                   f"{'p50 ms':>7s} {'p99 ms':>7s} {'p50 x':>6s} {'CPU us/req':>10s} {'sys %':>5s} {'x floor':>7s} {'backend us':>10s} {'n':>2s}")
+                   f"{'p50 ms':>7s} {'p99 ms':>7s} {'p50 x':>6s} {'CPU us/req':>10s} {'sys %':>5s} {'x floor':>7s}"
+                   + (f" {'x raw':>6s}" if has_raw else "") + f" {'backend us':>10s} {'n':>2s}")
         for r in summary["small"]:
             out.append(f"  {r['backend']:9s} {r['concurrency']:4d} {r['target']:22s} {_f(r['rps'], '9.0f'):>9s} "
                        f"{_f(r['rps_ratio'], '8.2f'):>8s} {_f(r['p50_ms'], '7.2f'):>7s} {_f(r['p99_ms'], '7.2f'):>7s} "
                        f"{_f(r['p50_ratio'], '6.1f'):>6s} {_f(r['cpu_us_per_req'], '10.1f'):>10s} "
                        f"{_f(r['cpu_sys_share'] * 100 if r['cpu_sys_share'] is not None else None, '5.0f'):>5s} "
                        f"{_f(r['cpu_x_floor'], '7.2f'):>7s} "
-                       f"{_f(r['backend_cpu_us_per_req'], '10.1f'):>10s} {r['n']:2d}"
+                       + (f"{_f(r['cpu_x_raw'], '6.2f'):>6s} " if has_raw else "")
+                       + f"{_f(r['backend_cpu_us_per_req'], '10.1f'):>10s} {r['n']:2d}"
                        + (f"  ERRORS {r['errors']}" if r["errors"] else ""))
+        out.append("")
+    if summary.get("calibration"):
+        out.append(f"Calibration: the {TARGET_US} us target was set on a machine where "
+                   + ", ".join(f"{k} = {v} us" for k, v in REFERENCE_US.items())
+                   + f"; scaled by each one's CPU here, {TARGET_US} us there is, here:")
+        for c in summary["calibration"]:
+            out.append(f"  {c['backend']:9s} c={c['concurrency']:<3d} " + "; ".join(
+                f"{k} {p['here_us']:.1f} us -> {p['target_here_us']:.0f} us" for k, p in c["points"].items()))
         out.append("")
     if summary["large"]:
         out.append("Large transfers (lean aiohttp client, same for direct and proxy): medians over rounds; "
