@@ -180,15 +180,33 @@ class FrontConnection(asyncio.Protocol):
                 if message is None:
                     await self._refuse(payload)
                     break
+                if self.server.stopping:
+                    # Received but not started when stop() began (it waits only for answers in
+                    # progress, and would close this one mid-answer): not started at all, so the
+                    # backend never sees it and the client may retry it.  Linger: it is unread.
+                    self._unread = True
+                    break
                 if not await self._answer(message, payload):
                     break
         except asyncio.CancelledError:
             self.abort()
             raise
+        except ConnectionError as exc:
+            # The client left before (or while) its answer was written (_answer re-raises
+            # ConnectionError; ResponseWriter.write/drain raise it once the transport is gone):
+            # nobody to answer, and not a proxy failure, so no ERROR traceback.
+            log.debug("inproxy: client %s left before its answer was written: %r", self.remote, exc)
+            self.abort()
+            return
         except Exception:  # a bug here: never leave the client hanging
             log.exception("inproxy: client connection failed")
             self.abort()
             return
+        if self._queue:
+            # Requests (or a refusal) parsed behind the last answer are dropped unanswered, and
+            # the client may still be sending (reading may be paused): close by lingering, as
+            # after an unread body, or the reset would destroy the answer just sent.
+            self._unread = True
         self._close_gracefully()
 
     async def _next(self) -> tuple | None:
@@ -222,12 +240,15 @@ class FrontConnection(asyncio.Protocol):
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
-            log.exception("inproxy: request to %s failed", request.raw_path.partition("?")[0])
+            # The id goes in the log line, the XML and the x-amz-request-id header, as every
+            # other error's does: the client's report can then be found in the log.
+            request_id = errors.new_request_id()
+            log.exception("inproxy: request %s to %s failed", request_id, request.raw_path.partition("?")[0])
             if request.writer.started:
                 self.abort()
                 return False
-            await request.writer.error(500, errors.InternalError().to_xml(request_id=errors.new_request_id()),
-                                       (), close=True)
+            await request.writer.error(500, errors.InternalError().to_xml(request_id=request_id),
+                                       (("x-amz-request-id", request_id),), close=True)
             return False
         finally:
             self.busy = False

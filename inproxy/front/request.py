@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from aiohttp import HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import MultiDict, MultiDictProxy
 
@@ -117,6 +118,10 @@ class FrontRequest:
 
     async def send_continue(self) -> None:
         """Write ``100 Continue`` (the caller decides when: only after authorization)."""
+        # RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored (a
+        # 1.0 client has no interim responses: it would take the 100 for the final answer).
+        if self.version < HttpVersion11:
+            return
         connection = self._connection
         connection.write(_CONTINUE)
         await connection.drain()

@@ -75,9 +75,13 @@ class ResponseWriter:
         """Set the status line and headers (sent with the first body bytes)."""
         if self.started:
             raise RuntimeError("the response head is already set")
-        self.started = True
-        self.status = status
+        # The writer's state changes only once the head is built: a head that cannot be
+        # (a CR/LF in a hook's header, a Content-Length that is not a number) raises and
+        # leaves it unstarted, so the caller may still send an error answer instead.
         conn = self._conn
+        remaining: int | None = None
+        chunked = False
+        keep_alive = self.keep_alive
         no_body = self._head_only or status < 200 or status in (204, 304)
         pairs: list[tuple[str, str]] = []
         length: str | None = None
@@ -94,21 +98,29 @@ class ResponseWriter:
         if not has_date:
             pairs.append(("Date", conn.server.http_date()))
         if no_body:
-            self._remaining = 0
+            remaining = 0
         elif length is not None:
-            self._remaining = int(length)
+            if not (length.isascii() and length.isdigit()):  # int() would take " 5", "+5", "1_0"
+                raise ValueError(f"invalid Content-Length {length!r}")
+            remaining = int(length)
         elif self._version >= HttpVersion11:
-            self._chunked = True
+            chunked = True
             pairs.append(("Transfer-Encoding", "chunked"))
         else:
             close = True  # HTTP/1.0 without a length: the end of the body is the end of the connection
         if close or conn.closing or not conn.request_body_consumed():
-            self.keep_alive = False
-        if not self.keep_alive:
+            keep_alive = False
+        if not keep_alive:
             pairs.append(("Connection", "close"))
         elif self._version < HttpVersion11:
             pairs.append(("Connection", "keep-alive"))
+        # aiohttp's serializer raises ValueError on control characters (CR, LF, NUL...): header injection.
         self._head = _serialize_headers(f"HTTP/1.1 {status} {reason or _phrase(status)}", _Lines(pairs))
+        self.started = True
+        self.status = status
+        self._remaining = remaining
+        self._chunked = chunked
+        self.keep_alive = keep_alive
 
     async def write(self, data: bytes) -> None:
         """Send a piece of the body; waits while the client's socket buffer is full."""

@@ -40,6 +40,7 @@ class FrontServer:
         self.connections: set[FrontConnection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._date: tuple[int, str] = (0, "")
+        self.stopping = False  # stop() began: requests not started yet are left unanswered
 
     async def start(self, host: str, port: int, ssl: ssl_module.SSLContext | None = None) -> int:
         """Bind and listen; the port actually bound."""
@@ -64,6 +65,7 @@ class FrontServer:
     async def stop(self, grace: float, abort_after: float) -> None:
         """Stop accepting; idle connections close now, busy ones after their answer; answers
         still running after ``grace`` seconds are cancelled (given ``abort_after`` more)."""
+        self.stopping = True
         server, self._server = self._server, None
         if server is not None:
             server.close()  # no new connections (wait_closed() would wait for every client)
