@@ -72,8 +72,9 @@ class ProxyHooks:
         """See (or transform, keeping the length) each request body chunk on its way upstream."""
         return chunk
 
-    async def response_filter(self, ctx: "RequestContext", status: int, headers: dict[str, str]) -> None:
-        """Edit the backend's response status line headers (in place) before they reach the client."""
+    async def response_filter(self, ctx: "RequestContext", status: int, headers: list[tuple[str, str]]) -> None:
+        """Edit the backend's response headers before they reach the client: ``headers`` is
+        the list of ``(name, value)`` pairs (repeated names kept), changed in place."""
 
     async def response_body_filter(self, ctx: "RequestContext", chunk: bytes) -> bytes:
         """See each response body chunk on its way to the client."""

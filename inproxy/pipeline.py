@@ -247,11 +247,15 @@ class Pipeline:
         headers = response_headers(upstream.headers.items())
         chunks = await self._renamed_xml(ctx, upstream, headers) or upstream.content.iter_any()
         await self.hooks.response_filter(ctx, upstream.status, headers)
-        ctx.status = upstream.status
         writer = ctx.request.writer
         try:
             writer.head(upstream.status, upstream.reason, headers,
                         close=ctx.state.get("body_error") is not None)
+        except ValueError:  # a header no HTTP message can carry (CR/LF from a hook): nothing sent yet
+            upstream.close()
+            raise
+        ctx.status = upstream.status
+        try:
             await self._relay_body(ctx, chunks, writer)
         except Exception as exc:
             # The status line may be out (or the client gone): another answer is impossible,

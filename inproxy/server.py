@@ -63,6 +63,7 @@ class ProxyServer(ClientHelpers):
         upstream_client: ``"lean"`` (default: pooled asyncio connections with aiohttp's C
             parser, the cheaper per request) or ``"aiohttp"`` (aiohttp's ClientSession).
         shutdown_timeout: seconds ``stop()`` lets in-flight requests finish.
+        keepalive_timeout: seconds an idle client connection stays open.
     """
 
     def __init__(self, backends: "Mapping[str, Backend] | Backend | None" = None, *,
@@ -74,9 +75,11 @@ class ProxyServer(ClientHelpers):
                  max_header_bytes: int = 16 * 1024, authorize_timeout: float = 10.0,
                  token_key: bytes | None = None, max_skew: float = 900.0, key_ttl: float = 60.0,
                  verify_payload_hash: bool = True, endpoints: Sequence[Any] = (),
-                 upstream_client: str = "lean", shutdown_timeout: float = 5.0) -> None:
+                 upstream_client: str = "lean", shutdown_timeout: float = 5.0,
+                 keepalive_timeout: float = 75.0) -> None:
         self.host, self._requested_port, self.ssl = host, port, ssl
         self.shutdown_timeout = shutdown_timeout
+        self.keepalive_timeout = keepalive_timeout
         self.cache = cache if cache is not None else SecretsCache()
         self.backends = BackendMap(backends)
         self._pool = UpstreamPool(client=upstream_client)
@@ -123,9 +126,8 @@ class ProxyServer(ClientHelpers):
         """Bind and start serving in the running event loop."""
         if self._front is not None:
             raise RuntimeError("already started")
-        # Idle client connections close after 75 s.
         front = FrontServer(self.pipeline.handle, max_header_bytes=self.pipeline.max_header_bytes,
-                            keepalive_timeout=75.0)
+                            keepalive_timeout=self.keepalive_timeout)
         self.port = await front.start(self.host, self._requested_port, self.ssl)  # port 0 -> ephemeral
         self._front = front
         log.info("inproxy listening on %s", self.endpoint_url)
