@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator
@@ -14,6 +16,18 @@ if TYPE_CHECKING:
     from .front import FrontRequest
     from .identity import Identity
     from .s3.request import S3Request
+
+
+class RequestIds:
+    """Request ids like S3's (16 upper-case hex characters), unique within a proxy: a random
+    prefix and a counter, so that an id costs no system call (one per proxy, no global state)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.randbits(32)
+        self._count = itertools.count(secrets.randbits(24))
+
+    def __call__(self) -> str:
+        return f"{self._prefix:08X}{next(self._count) & 0xFFFFFFFF:08X}"
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 import logging
 import threading
@@ -200,7 +201,12 @@ async def is_allowed(pipeline: "Pipeline", access: AccessRequest) -> bool:
 async def _ask(pipeline: "Pipeline", access: AccessRequest, store: ScopedDecisions,
                default_ttl: float) -> "bool | Cached[bool]":
     try:
-        decision = await _within(pipeline.authorizer.authorize(access), pipeline.authorize_timeout)
+        # An authorizer that answers synchronously (AllowAll, a plain function) is called as
+        # is: a deadline cannot interrupt it anyway.  What it returns may still be awaitable.
+        now = getattr(pipeline.authorizer, "authorize_now", None)
+        decision = now(access) if now is not None else pipeline.authorizer.authorize(access)
+        if inspect.isawaitable(decision):
+            decision = await _within(decision, pipeline.authorize_timeout)
     except Exception as exc:
         # The type and where, never the message: a hook's message may carry anything.
         log.warning("authorizer failed (%s) for %s on %s; denying", type(exc).__name__,

@@ -160,11 +160,17 @@ class AllowAll(Authorizer):
     async def authorize(self, access: "AccessRequest") -> bool:
         return True
 
+    def authorize_now(self, access: "AccessRequest") -> bool:
+        return True
+
 
 class DenyAll(Authorizer):
     """The default: refuses every request."""
 
     async def authorize(self, access: "AccessRequest") -> bool:
+        return False
+
+    def authorize_now(self, access: "AccessRequest") -> bool:
         return False
 
 
@@ -179,6 +185,10 @@ class _FunctionAuthenticator(Authenticator):
 class _FunctionAuthorizer(Authorizer):
     def __init__(self, fn: Callable[..., Any], in_thread: bool) -> None:
         self._fn, self._in_thread = fn, in_thread
+        if not (in_thread or getattr(fn, _BLOCKING_ATTR, False) or inspect.iscoroutinefunction(fn)):
+            # A plain function runs on the loop anyway (no deadline can interrupt it): call it
+            # directly, without a coroutine and a timer (inproxy.decisions).
+            self.authorize_now = fn
 
     async def authorize(self, access: "AccessRequest") -> "bool | Decision":
         return await call_hook(self._fn, access, in_thread=self._in_thread)

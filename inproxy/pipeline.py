@@ -14,7 +14,7 @@ from aiohttp import web
 from . import errors
 from .authorize import STATE_BUFFERED_BODY, authorize_request, upstream_headers
 from .body import is_aws_chunked, once, send_continue, verified_body
-from .context import AccessRequest, RequestContext, UpstreamRequest
+from .context import AccessRequest, RequestContext, RequestIds, UpstreamRequest
 from .decisions import ScopedDecisions, is_allowed
 from .errors import S3Error
 from .hooks import Authenticator, Authorizer, ProxyHooks
@@ -67,11 +67,17 @@ class Pipeline:
         self._filters_body = _overrides(hooks, "request_body_filter")
         self._filters_response_body = _overrides(hooks, "response_body_filter")
         self._has_logging_hook = _overrides(hooks, "logging")
+        # Phases the hooks leave at their default are skipped: each await costs on every request.
+        self._has_request_filter = _overrides(hooks, "request_filter")
+        self._has_upstream_peer = _overrides(hooks, "upstream_peer")
+        self._has_upstream_request_filter = _overrides(hooks, "upstream_request_filter")
+        self._has_response_filter = _overrides(hooks, "response_filter")
+        self._request_ids = RequestIds()
 
     async def handle(self, request: "FrontRequest") -> web.Response | None:
         """Answer one request (streamed through ``request.writer``, or returned whole for the
         connection to send); always logs once."""
-        ctx = RequestContext(request)
+        ctx = RequestContext(request, request_id=self._request_ids())
         try:
             response = await self._process(ctx)
         except S3Error as err:
@@ -111,15 +117,18 @@ class Pipeline:
         if ctx.s3.operation == "ListBuckets":
             return await self._list_buckets(ctx)
         await authorize_request(self, ctx)
-        answer = await self.hooks.request_filter(ctx)
-        if answer is not None:
-            return answer
-        ctx.backend = await self.hooks.upstream_peer(ctx) or self.backends.route(ctx.s3.bucket)
+        if self._has_request_filter:
+            answer = await self.hooks.request_filter(ctx)
+            if answer is not None:
+                return answer
+        backend = await self.hooks.upstream_peer(ctx) if self._has_upstream_peer else None
+        ctx.backend = backend or self.backends.route(ctx.s3.bucket)
         if ctx.backend is None:
             raise errors.NoSuchBucket(BucketName=ctx.s3.bucket or "")
         ctx.credentials = await self._backend_credentials(ctx)
         ctx.upstream = self._upstream_request(ctx)
-        await self.hooks.upstream_request_filter(ctx)
+        if self._has_upstream_request_filter:
+            await self.hooks.upstream_request_filter(ctx)
         self._sign(ctx)
         return await self._forward(ctx)
 
@@ -245,8 +254,9 @@ class Pipeline:
 
     async def _relay_response(self, ctx: RequestContext, upstream: aiohttp.ClientResponse) -> None:
         headers = response_headers(upstream.headers.items())
-        chunks = await self._renamed_xml(ctx, upstream, headers) or upstream.content.iter_any()
-        await self.hooks.response_filter(ctx, upstream.status, headers)
+        chunks = await self._renamed_xml(ctx, upstream, headers) or self._upstream_body(upstream)
+        if self._has_response_filter:
+            await self.hooks.response_filter(ctx, upstream.status, headers)
         writer = ctx.request.writer
         try:
             writer.head(upstream.status, upstream.reason, headers,
@@ -265,6 +275,13 @@ class Pipeline:
             self._log_broken_response(ctx, exc)
             upstream.close()
             _abort(ctx.request)
+
+    @staticmethod
+    def _upstream_body(upstream) -> AsyncIterator[bytes]:
+        content = upstream.content
+        if content.is_eof():  # a small answer arrived whole with its head: one piece, no reads
+            return once(content.read_nowait())
+        return content.iter_any()
 
     async def _renamed_xml(self, ctx: RequestContext, upstream: aiohttp.ClientResponse,
                            headers: list[tuple[str, str]]) -> AsyncIterator[bytes] | None:
