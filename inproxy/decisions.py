@@ -104,6 +104,8 @@ class ScopedDecisions:
 
     def lookup(self, access: AccessRequest, identity_key: tuple | None = None) -> bool | None:
         """The scoped answer for ``access`` (a deny wins), or None when no scope covers it."""
+        if not self._groups:  # no hook ever scoped a decision: the common case, answered lock-free
+            return None
         resource = _scoped_resource(access)
         if resource is None:
             return None
