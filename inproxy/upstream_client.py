@@ -41,6 +41,16 @@ Behaviour, in short:
   ``ServerDisconnectedError`` / ``ClientOSError``, body cut -> ``ClientPayloadError``,
   an unparsable answer -> :class:`UpstreamProtocolError`, the caller's body iterator
   raising -> :class:`RequestBodyError` (the original as ``__cause__``).
+
+Zero-copy bodies with Linux ``splice(2)`` (:mod:`inproxy.splice`), plain TCP only:
+
+* download: ``resp.detach_body()`` hands the rest of a Content-Length body over to the
+  caller as ``(bytes already received, bytes still to come, socket fd)``; the connection
+  then stops reading for good, has no read timeout (the splice has its own) and is closed,
+  never pooled, by ``release()``/``close()``.
+* upload: ``data=SpliceBody(prefix, fd, remaining, timeout)`` sends ``prefix`` with the
+  head, drains the transport to empty, then splices ``remaining`` bytes from ``fd`` (the
+  client's socket) to the backend's socket, watching for an early answer meanwhile.
 """
 
 from __future__ import annotations
@@ -63,6 +73,8 @@ from aiohttp.client_exceptions import (
 from aiohttp.http_parser import HttpResponseParser
 from aiohttp.streams import EMPTY_PAYLOAD
 
+from . import splice as _splice
+
 try:  # aiohttp's own (C) head serializer: UTF-8, refuses control characters (header injection)
     from aiohttp.http_writer import _serialize_headers
 except ImportError:  # pragma: no cover - an aiohttp without it
@@ -70,7 +82,7 @@ except ImportError:  # pragma: no cover - an aiohttp without it
 
 __all__ = [
     "ConnectionPool", "UpstreamResponse", "UpstreamConnectError", "UpstreamProtocolError",
-    "RequestBodyError", "RequestBodyLengthError",
+    "RequestBodyError", "RequestBodyLengthError", "SpliceBody",
 ]
 
 KiB, MiB = 1024, 1024 * 1024
@@ -97,6 +109,34 @@ class RequestBodyError(ClientConnectionError):
 
 class RequestBodyLengthError(ClientConnectionError):
     """The request body was longer or shorter than the Content-Length the caller gave."""
+
+
+class SpliceBody:
+    """A request body for ``ConnectionPool.request(data=...)``: ``prefix`` (bytes already
+    read from the client) then ``remaining`` bytes spliced from socket ``fd`` (the client's)
+    to the backend's socket, zero-copy (:func:`inproxy.splice.splice`; plain-TCP backends
+    only).  ``timeout``: seconds without progress (None: none).  The caller gives the
+    Content-Length (``len(prefix) + remaining``) in the headers and keeps the transport
+    owning ``fd`` paused for reading with an empty write buffer until ``request`` returns.
+
+    ``complete`` tells the caller afterwards whether all ``remaining`` bytes were taken
+    from ``fd``: False after an early answer or a failure, and then the client's socket is
+    somewhere inside the body (bytes may have been read and dropped): close it."""
+
+    __slots__ = ("prefix", "fd", "remaining", "timeout", "complete")
+
+    def __init__(self, prefix: bytes, fd: int, remaining: int,
+                 timeout: float | None = 60.0) -> None:
+        if remaining < 0:
+            raise ValueError(f"remaining must be >= 0, got {remaining}")
+        self.prefix = prefix
+        self.fd = fd
+        self.remaining = remaining
+        self.timeout = timeout
+        self.complete = False
+
+    def __repr__(self) -> str:
+        return f"<SpliceBody prefix={len(self.prefix)} fd={self.fd} remaining={self.remaining}>"
 
 
 def _serialize_py(status_line: str, headers: Any) -> bytes:
@@ -141,6 +181,20 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         return await self.content.read()
 
+    def detach_body(self) -> tuple[bytes, int, int] | None:
+        """Hand the rest of the body over to the caller, to splice it from the socket.
+
+        Returns ``(buffered, remaining, fd)``: the body bytes already received (send them
+        first), the count still to come on socket ``fd``; or None when that is not
+        possible or not worth it (TLS, no Content-Length, chunked, no body, body partly
+        read already, whole body already received, released, failed): read ``content``
+        as usual then.  After a detach, ``content`` must not be read; the connection's
+        transport stays paused for reading, its read timeout is off (splice with a
+        timeout), and ``release()``/``close()`` close it (never pooled): call one of
+        them once the splice ended, never before (that would close ``fd``)."""
+        connection = self._connection
+        return None if connection is None else connection.detach(self)
+
     def release(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
@@ -170,7 +224,7 @@ class _Connection(asyncio.Protocol):
         "pool", "key", "transport", "_loop", "_parser", "_body_parser", "_head_parser",
         "_response", "_head_waiter", "_drain_waiter", "_write_paused", "_reading_paused",
         "_closed", "_error", "busy", "_waiting", "got_data", "_reusable", "served",
-        "_last_rx", "_idle_since", "_timer",
+        "_last_rx", "_idle_since", "_timer", "_detached",
     )
 
     def __init__(self, pool: "ConnectionPool", key: tuple) -> None:
@@ -196,6 +250,7 @@ class _Connection(asyncio.Protocol):
         self._last_rx = 0.0
         self._idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._detached = False  # the body was handed over (detach): reading stays off
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -222,6 +277,9 @@ class _Connection(asyncio.Protocol):
                 self._abort()
             return
         if data:
+            if self._detached:  # cannot happen: the transport is paused for good
+                self._lost_detached()
+                return
             self.got_data = True
         try:
             messages, _upgraded, _tail = parser.feed_data(data)
@@ -272,7 +330,7 @@ class _Connection(asyncio.Protocol):
     # aiohttp's StreamReader calls these for flow control of the response body.
     def pause_reading(self) -> None:
         parser = self._parser
-        if parser is not None:
+        if parser is not None and not self._detached:  # (detach flushes the parser's tail)
             parser.pause_reading()  # llhttp stops after this piece; the rest stays in its tail
         if not self._reading_paused:
             self._reading_paused = True
@@ -284,7 +342,7 @@ class _Connection(asyncio.Protocol):
                     pass
 
     def resume_reading(self, resume_parser: bool = True) -> None:
-        if not self._reading_paused:
+        if not self._reading_paused or self._detached:
             return  # the StreamReader calls this after every read: keep it cheap
         self._reading_paused = False
         if resume_parser and self._parser is not None:
@@ -362,6 +420,11 @@ class _Connection(asyncio.Protocol):
     def response_done(self, response: UpstreamResponse, keep: bool) -> None:
         if self._response is not response:
             return
+        if self._detached:  # the body went around the parser: never reuse
+            self._response = None
+            self._parser = None  # (connection_lost must not feed it an EOF mid-body)
+            (self.close if keep else self._abort)()
+            return
         if (keep and self._reusable and not self._closed and self._error is None
                 and _payload_complete(response.content)):
             self._response = None
@@ -380,6 +443,161 @@ class _Connection(asyncio.Protocol):
 
     def not_reusable(self) -> None:
         self._reusable = False
+
+    # -- zero-copy bodies (inproxy.splice) ---------------------------------------------------
+
+    def _plain_socket_fd(self) -> int | None:
+        """The socket's fd when the connection is plain TCP (splice cannot see through TLS)."""
+        transport = self.transport
+        if (transport is None or self.key[2] or not _splice.available()
+                or transport.get_extra_info("sslcontext") is not None):
+            return None
+        sock = transport.get_extra_info("socket")
+        return None if sock is None else sock.fileno()
+
+    def detach(self, response: UpstreamResponse) -> tuple[bytes, int, int] | None:
+        """See :meth:`UpstreamResponse.detach_body`."""
+        if (self._response is not response or self._closed or self._error is not None
+                or self._detached or self._parser is None):
+            return None
+        content = response.content
+        if content is EMPTY_PAYLOAD or content.is_eof() or content.exception() is not None:
+            return None
+        headers = response.headers
+        raw_length = headers.get("Content-Length")
+        if raw_length is None or headers.get("Transfer-Encoding") is not None:
+            return None  # chunked or until EOF: the end is in the framing, not a count
+        try:
+            length = int(raw_length)
+        except ValueError:
+            return None
+        # Partly read by the caller, or a read in progress: the caller goes on reading.
+        if content.total_bytes != content._size or getattr(content, "_waiter", None) is not None:
+            return None
+        fd = self._plain_socket_fd()
+        if fd is None:
+            return None
+        reusable = self._reusable
+        # From here the transport stays paused: nothing but the splice reads the socket.
+        self._detached = True
+        self._reusable = False
+        if not self._reading_paused:
+            self._reading_paused = True
+            try:
+                self.transport.pause_reading()  # type: ignore[union-attr]
+            except (AttributeError, NotImplementedError, RuntimeError):
+                self._detached, self._reusable, self._reading_paused = False, reusable, False
+                return None
+        # What llhttp kept back when it paused (the tail of the last read) goes into the
+        # payload now, without pausing again (pause_reading leaves the parser alone).
+        self.data_received(b"")
+        if self._error is not None or self._closed:
+            return None  # the tail was invalid: content holds the error
+        if content.is_eof() or length <= content.total_bytes:
+            # The whole body was received after all: undo, the caller reads it as usual.
+            self._detached, self._reusable = False, reusable
+            self.resume_reading(resume_parser=False)
+            return None
+        buffered = content.read_nowait(-1)  # (its resume_reading call is ignored: detached)
+        return buffered, length - content.total_bytes, fd
+
+    def _lost_detached(self) -> None:
+        """Bytes reached the protocol after a detach: the splice would miss them.  Shut the
+        socket down so the splice fails instead of delivering a body with a hole."""
+        self._reusable = False
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            try:  # on a duplicate: uvloop's socket objects cannot shut down
+                with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
+                    dup.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._abort()
+
+    async def drain_empty(self) -> None:
+        """Until the transport's write buffer is empty (all handed to the kernel), an answer
+        arrives or the connection fails: a splice writes behind the transport's back."""
+        transport = self.transport
+        while (transport is not None and transport.get_write_buffer_size()
+               and self._response is None):
+            if self._error is not None:
+                raise self._error
+            low, high = transport.get_write_buffer_limits()
+            # With a high-water mark of 0 the transport pauses us now and resumes us only
+            # once its buffer is empty.
+            transport.set_write_buffer_limits(high=0, low=0)
+            try:
+                if self._write_paused:
+                    await self.drain()
+                else:  # pragma: no cover - a transport that did not pause us: poll, never spin
+                    await asyncio.sleep(0.001)
+            finally:
+                if self.transport is not None and not transport.is_closing():
+                    transport.set_write_buffer_limits(high=high, low=low)
+            transport = self.transport
+        if self._error is not None:
+            raise self._error
+        if transport is None:
+            raise ServerDisconnectedError()
+
+    async def splice_up(self, body: SpliceBody) -> None:
+        """Splice ``body.remaining`` bytes from ``body.fd`` to this connection's socket while
+        the response side keeps reading; an answer arriving meanwhile stops it (the upload
+        is abandoned, not an error).  ``body.complete`` tells whether all was sent.  The
+        write buffer must be empty (``drain_empty``)."""
+        fd = self._plain_socket_fd()
+        if fd is None:
+            raise self.failed() or ServerDisconnectedError()
+        # A task, so that an answer or a failure of the connection can stop it.
+        task = self._loop.create_task(
+            _splice.splice(body.fd, fd, body.remaining, timeout=body.timeout))
+        try:
+            while not task.done() and self._quiet():
+                await self._event_or(task)
+            error = task.exception() if task.done() and not task.cancelled() else None
+            if (isinstance(error, _splice.SpliceConnectionError) and not error.source
+                    and self._quiet()):
+                # The backend broke the upload: its answer (a 4xx, then a reset) may still
+                # be in the receive queue.  Give the transport a moment to read it.
+                await self._event_or(None, timeout=1.0)
+        finally:
+            if not task.done():
+                task.cancel()  # its finally unregisters the fds and closes its duplicates
+                await asyncio.wait((task,))
+        error = None if task.cancelled() else task.exception()
+        body.complete = not task.cancelled() and error is None
+        if self._response is not None:
+            return  # an early answer: whatever became of the upload
+        if self._error is not None:
+            raise self._error
+        if error is None:
+            return
+        if isinstance(error, _splice.SpliceTimeout) and not error.source:
+            raise SocketTimeoutError(
+                "Timeout on writing the request body to the backend") from error
+        if isinstance(error, _splice.SpliceConnectionError) and not error.source:
+            raise ClientOSError(error.errno, f"the backend broke the upload: {error}") from error
+        raise RequestBodyError(f"the request body failed: {error!r}") from error
+
+    def _quiet(self) -> bool:
+        """No answer, no failure, still connected."""
+        return self._response is None and self._error is None and self.transport is not None
+
+    async def _event_or(self, task: "asyncio.Task | None", timeout: float | None = None) -> None:
+        """Until ``task`` ends, or an answer, a failure or a write resumption (the events
+        that wake ``_drain_waiter``) arrives, or ``timeout``."""
+        waiter = self._drain_waiter = self._loop.create_future()
+        try:
+            await asyncio.wait((waiter,) if task is None else (task, waiter), timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if self._drain_waiter is waiter:
+                self._drain_waiter = None
+            if not waiter.done():
+                waiter.cancel()
+            elif not waiter.cancelled():
+                waiter.exception()  # retrieved: self._error tells it
 
     # -- internals -------------------------------------------------------------------------
 
@@ -448,7 +666,8 @@ class _Connection(asyncio.Protocol):
             if now >= deadline:
                 self.close()
                 return
-        elif (self._waiting and not self._reading_paused and pool._read_timeout
+        elif (self._waiting and not self._reading_paused and not self._detached
+              and pool._read_timeout
               and (self._response is None or not _payload_complete(self._response.content))):
             deadline = self._last_rx + pool._read_timeout
             if now >= deadline:
@@ -545,13 +764,15 @@ class ConnectionPool:
     # -- the request -------------------------------------------------------------------------
 
     async def request(self, method: str, url: Any, headers: Mapping[str, str] | None = None,
-                      data: AsyncIterable[bytes] | None = None) -> UpstreamResponse:
+                      data: "AsyncIterable[bytes] | SpliceBody | None" = None) -> UpstreamResponse:
         """Send one request and return once the answer's head has arrived.
 
         ``url``: an absolute URL string (``http://host[:port]/path?query``, already
         encoded), a ``yarl.URL``, or an origin-form target (``/path?query``) for the
         pool's default host.  ``headers`` are sent as given.  ``data``: an async iterable
-        of bytes-like pieces, sent with the caller's Content-Length.
+        of bytes-like pieces, sent with the caller's Content-Length; or a
+        :class:`SpliceBody` (plain-TCP backends only: ValueError for https), see
+        :meth:`_with_splice`.
         """
         if self._closed:
             raise ClientConnectionError("the upstream connection pool is closed")
@@ -560,7 +781,11 @@ class ConnectionPool:
             headers = {}
         if _first_value(headers, "host", "Host") is None:
             headers = {"Host": authority, **headers}
+        if isinstance(data, SpliceBody):
+            self._check_splice(key, headers, data)
         head = _serialize(f"{method} {target} HTTP/1.1", headers)
+        if isinstance(data, SpliceBody):
+            return await self._with_splice(key, method, head, data)
         if data is not None:
             return await self._with_body(key, method, head, headers, data)
         retried = False
@@ -668,6 +893,75 @@ class ConnectionPool:
             except (ServerDisconnectedError, ClientOSError):
                 conn._abort()
                 if retried or pulled_more or not conn.stale() or method not in _IDEMPOTENT:
+                    raise
+                retried = True
+            except BaseException:
+                conn._abort()
+                raise
+
+    @staticmethod
+    def _check_splice(key: tuple, headers: Any, body: SpliceBody) -> None:
+        if key[2]:
+            raise ValueError("a SpliceBody needs a plain-TCP (http) backend: TLS encrypts in user space")
+        if not _splice.available():
+            raise ValueError("a SpliceBody needs Linux splice() (inproxy.splice.available())")
+        te = _first_value(headers, "transfer-encoding", "Transfer-Encoding")
+        raw_length = _first_value(headers, "content-length", "Content-Length")
+        if te is not None or raw_length is None:
+            raise ValueError("a SpliceBody needs a Content-Length (and no Transfer-Encoding)")
+        if int(raw_length) != len(body.prefix) + body.remaining:
+            raise RequestBodyLengthError(
+                f"a SpliceBody of {len(body.prefix)} + {body.remaining} bytes "
+                f"with a Content-Length of {raw_length}")
+
+    async def _with_splice(self, key: tuple, method: str, head: bytes,
+                           body: SpliceBody) -> UpstreamResponse:
+        """The head and ``body.prefix`` are written, the transport's buffer drained to empty,
+        then ``body.remaining`` bytes spliced from ``body.fd`` to the connection's socket.
+
+        * an answer that arrives before or during the splice stops it: the response is
+          returned, ``body.complete`` is False, the connection is not reused (as for an
+          iterable body), and the client's socket is somewhere inside the body.
+        * a stale kept-alive connection found dead before the splice started is retried
+          once on a new connection (``prefix`` is still here); once bytes were taken from
+          ``body.fd`` nothing can be sent again: an error then fails the request.
+        * errors: the client's side (``fd``) failing, ending early or stalling ->
+          :class:`RequestBodyError` (the :mod:`inproxy.splice` error as ``__cause__``);
+          the backend's side failing -> ``ClientOSError``, stalling -> ``SocketTimeoutError``.
+        * after a complete splice and no early answer, the connection carried exactly the
+          head and Content-Length bytes in order (the transport's buffer was empty and
+          nothing else writes to it meanwhile): it is reused like any other.
+        """
+        prefix = body.prefix
+        retried = False
+        while True:
+            conn = None if retried else self._idle_connection(key)
+            if conn is None:
+                conn = await self._acquire(key)
+            conn.begin(False)
+            started = False
+            try:
+                transport = conn.transport
+                if not prefix or len(prefix) <= _JOIN_LIMIT:
+                    transport.write(head + prefix if prefix else head)
+                else:
+                    transport.write(head)
+                    transport.write(prefix)
+                if body.remaining:
+                    await conn.drain_empty()
+                    if not conn.answered():
+                        started = True
+                        await conn.splice_up(body)
+                else:
+                    body.complete = True
+                if conn.answered():
+                    conn.not_reusable()  # the body may be partly sent: never reuse
+                conn.sent()
+                response = conn.response
+                return response if response is not None else await conn.head_future()
+            except (ServerDisconnectedError, ClientOSError):
+                conn._abort()
+                if retried or started or not conn.stale() or method not in _IDEMPOTENT:
                     raise
                 retried = True
             except BaseException:
