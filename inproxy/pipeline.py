@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Sequence
 import aiohttp
 from aiohttp import web
 
-from . import errors
+from . import errors, spliced
 from .authorize import STATE_BUFFERED_BODY, authorize_request, upstream_headers
 from .body import is_aws_chunked, once, send_continue, verified_body
 from .context import AccessRequest, RequestContext, RequestIds, UpstreamRequest
@@ -73,6 +73,7 @@ class Pipeline:
         self._has_upstream_request_filter = _overrides(hooks, "upstream_request_filter")
         self._has_response_filter = _overrides(hooks, "response_filter")
         self._request_ids = RequestIds()
+        self._splice_requests, self._splice_responses = spliced.supported(self)
 
     async def handle(self, request: "FrontRequest") -> web.Response | None:
         """Answer one request (streamed through ``request.writer``, or returned whole for the
@@ -196,7 +197,12 @@ class Pipeline:
         if buffered is not None:  # read, verified and authorized already (DeleteObjects)
             return self._filtered_body(ctx, once(buffered)), len(buffered)
         body, length = verified_body(ctx, chunked, client_hash, verify_hash=self.verify_payload_hash)
-        return (None if body is None else self._filtered_body(ctx, body)), length
+        if body is None:
+            return None, length
+        body = self._filtered_body(ctx, body)
+        if self._splice_requests and not chunked and not (self.verify_payload_hash and sigv4.is_sha256_hex(client_hash)):
+            ctx.state[spliced.STATE_PLAIN_BODY] = body  # nothing needs its bytes: it may be spliced
+        return body, length
 
     async def _filtered_body(self, ctx: RequestContext, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The body as forwarded: counted, through the hook, errors remembered for the answer."""
@@ -228,13 +234,21 @@ class Pipeline:
 
     async def _forward(self, ctx: RequestContext) -> None:
         up = ctx.upstream
-        if ctx.body is not None:  # only now, authenticated and authorized, may the client send it
+        data = ctx.body
+        zero_copy = None
+        if data is not None:  # only now, authenticated and authorized, may the client send it
             await send_continue(ctx)
+            zero_copy = spliced.request_body(ctx)
+            data = zero_copy or ctx.body
         try:
             upstream = await self.pool.request(ctx.backend, up.method, up.url, headers=up.headers,
-                                               data=ctx.body)
+                                               data=data)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            if zero_copy is not None:
+                spliced.body_done(ctx, zero_copy, exc)
             raise self._upstream_failure(ctx, exc) from exc
+        if zero_copy is not None:
+            spliced.body_done(ctx, zero_copy)
         try:
             return await self._relay_response(ctx, upstream)
         finally:
@@ -254,7 +268,7 @@ class Pipeline:
 
     async def _relay_response(self, ctx: RequestContext, upstream: aiohttp.ClientResponse) -> None:
         headers = response_headers(upstream.headers.items())
-        chunks = await self._renamed_xml(ctx, upstream, headers) or self._upstream_body(upstream)
+        chunks = await self._renamed_xml(ctx, upstream, headers)  # None: the body passes untouched
         if self._has_response_filter:
             await self.hooks.response_filter(ctx, upstream.status, headers)
         writer = ctx.request.writer
@@ -266,7 +280,8 @@ class Pipeline:
             raise
         ctx.status = upstream.status
         try:
-            await self._relay_body(ctx, chunks, writer)
+            if not (self._splice_responses and chunks is None and await spliced.relay_response(ctx, upstream, writer)):
+                await self._relay_body(ctx, chunks or self._upstream_body(upstream), writer)
         except Exception as exc:
             # The status line may be out (or the client gone): another answer is impossible,
             # and a short body must never look complete.  Breaking the connection is the only

@@ -38,7 +38,7 @@ class FrontConnection(asyncio.Protocol):
         "server", "_loop", "transport", "_parser", "_queue", "_waiter", "_task", "busy",
         "closing", "_current", "_reading_paused", "_queue_paused", "write_paused",
         "_drain_waiter", "remote", "local_host", "secure", "_last_active", "_timer", "_discarding",
-        "_unread",
+        "_unread", "_body_taken",
     )
 
     def __init__(self, server: "FrontServer") -> None:
@@ -63,6 +63,7 @@ class FrontConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._discarding = False  # lingering: bytes are read and dropped
         self._unread = False  # the last answer left bytes of its request unread
+        self._body_taken = False  # the current request's body is being spliced from the socket
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -86,14 +87,18 @@ class FrontConnection(asyncio.Protocol):
             host = local[0]
             self.local_host = f"[{host}]:{local[1]}" if ":" in host else f"{host}:{local[1]}"
         self.secure = transport.get_extra_info("sslcontext") is not None
-        self._parser = HttpRequestParser(
-            self, self._loop, server.read_limit, max_line_size=server.max_header_bytes,
-            max_field_size=server.max_header_bytes, max_headers=server.max_headers,
-            payload_exception=RequestPayloadError, auto_decompress=False)
+        self._parser = self._new_parser()
         self._last_active = self._loop.time()
         self._timer = self._loop.call_at(self._last_active + server.keepalive_timeout, self._on_timer)
         server.connection_opened(self)
         self._task = self._loop.create_task(self._serve())
+
+    def _new_parser(self) -> Any:
+        server = self.server
+        return HttpRequestParser(
+            self, self._loop, server.read_limit, max_line_size=server.max_header_bytes,
+            max_field_size=server.max_header_bytes, max_headers=server.max_headers,
+            payload_exception=RequestPayloadError, auto_decompress=False)
 
     def data_received(self, data: bytes) -> None:
         if self._discarding or self.closing and not self.busy:
@@ -161,7 +166,7 @@ class FrontConnection(asyncio.Protocol):
         self._reading_paused = False
         if resume_parser and self.transport is not None:
             self.data_received(b"")  # what llhttp kept back when it paused
-        if not self._reading_paused and not self._queue_paused:
+        if not self._reading_paused and not self._queue_paused and not self._body_taken:
             self._resume_transport()
 
     # -- answering, one request after the other ------------------------------------------------
@@ -297,6 +302,76 @@ class FrontConnection(asyncio.Protocol):
             else:
                 waiter.set_exception(exc)
 
+    # -- zero-copy bodies (inproxy.spliced) ------------------------------------------------------
+
+    def splice_fd(self) -> int | None:
+        """The client socket's fd when bytes may be spliced to or from it (plain TCP)."""
+        transport = self.transport
+        if transport is None or self.secure or transport.is_closing():
+            return None
+        sock = transport.get_extra_info("socket")
+        return sock.fileno() if sock is not None else None
+
+    async def drain_empty(self) -> None:
+        """Wait until everything written has left for the socket (not just below the
+        high-water mark): nothing may sit in the transport's buffer while a splice writes."""
+        transport = self.transport
+        if transport is None:
+            raise ConnectionResetError("the client connection was lost")
+        if not transport.get_write_buffer_size():
+            return
+        high, low = transport.get_write_buffer_limits()
+        try:
+            transport.set_write_buffer_limits(high=0, low=0)  # resume_writing only once empty
+            while transport.get_write_buffer_size() and self.transport is not None:
+                self.write_paused = True
+                await self.drain()
+        finally:
+            if self.transport is not None:
+                transport.set_write_buffer_limits(high=high, low=low)
+
+    def take_body(self, request: FrontRequest) -> tuple[bytes, int, int] | None:
+        """Take over the unread rest of ``request``'s body for splicing: the bytes already
+        received (from the parser and its held-back tail), the count still on the socket,
+        and the socket's fd; None when that cannot be done (TLS, chunked, already read,
+        complete).  Reading stays paused until :meth:`body_returned`."""
+        content = request.content
+        length = request.content_length
+        fd = self.splice_fd()
+        if (fd is None or request is not self._current or length is None
+                or "transfer-encoding" in request.headers or content.is_eof()
+                or content.exception() is not None or content.total_bytes != _buffered(content)):
+            return None
+        self._body_taken = True
+        self._pause_transport()
+        pieces = []
+        while True:  # each read lets the parser deliver what it held back while paused
+            piece = content.read_nowait(-1)
+            if not piece:
+                break
+            pieces.append(piece)
+        if content.is_eof() or content.exception() is not None:  # it was all here after all
+            self._body_taken = False
+            self._resume_reading_after_take()
+            return None if content.exception() is not None else (b"".join(pieces), 0, fd)
+        return b"".join(pieces), length - content.total_bytes, fd
+
+    def body_returned(self, request: FrontRequest, complete: bool) -> None:
+        """The splice of ``request``'s body ended.  Complete: the parser (which never saw those
+        bytes) starts afresh at the next request.  Not complete: the socket is somewhere in
+        the body; the connection closes after the answer (lingering)."""
+        if not complete or not self._body_taken:
+            return  # body_consumed() stays False: the answer says close, then we linger
+        self._parser = self._new_parser()
+        request.content.feed_eof()
+        self._body_taken = False
+        self._reading_paused = False
+        self._resume_reading_after_take()
+
+    def _resume_reading_after_take(self) -> None:
+        if not self._queue_paused:
+            self._resume_transport()
+
     # -- closing -----------------------------------------------------------------------------
 
     def shut_down(self) -> None:
@@ -371,6 +446,11 @@ class FrontConnection(asyncio.Protocol):
             return
         due = max(idle_since + self.server.keepalive_timeout, now + 1.0)
         self._timer = self._loop.call_at(due, self._on_timer)
+
+
+def _buffered(content: Any) -> int:
+    """Bytes waiting in a StreamReader (aiohttp keeps the count private)."""
+    return getattr(content, "_size", -1)
 
 
 def _parser_error(exc: BaseException) -> errors.S3Error:

@@ -116,6 +116,19 @@ class FrontRequest:
         """Whether the body (if any) was read to its end: the connection can carry another request."""
         return self.content is EMPTY_PAYLOAD or self.content.at_eof()
 
+    def splice_fd(self) -> int | None:
+        """The client socket's fd when bytes may be spliced to or from it (plain TCP)."""
+        return self._connection.splice_fd()
+
+    def take_body(self) -> tuple[bytes, int, int] | None:
+        """Take over the unread body for splicing: ``(bytes received, count still on the
+        socket, fd)``, or None; then :meth:`body_returned` (see :mod:`inproxy.spliced`)."""
+        return self._connection.take_body(self)
+
+    def body_returned(self, complete: bool) -> None:
+        """A body taken with :meth:`take_body` was spliced (``complete``) or abandoned."""
+        self._connection.body_returned(self, complete)
+
     async def send_continue(self) -> None:
         """Write ``100 Continue`` (the caller decides when: only after authorization)."""
         # RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored (a

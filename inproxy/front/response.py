@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from aiohttp import HttpVersion11
 
+from ..splice import splice
+
 try:  # aiohttp's C head serializer: refuses control characters (header injection)
     from aiohttp.http_writer import _serialize_headers
 except ImportError:  # pragma: no cover - an aiohttp without it
@@ -146,6 +148,24 @@ class ResponseWriter:
         conn.write(data)
         if conn.write_paused:
             await conn.drain()
+
+    async def splice_body(self, src_fd: int, count: int, *, timeout: float | None) -> None:
+        """Send the next ``count`` body bytes straight from socket ``src_fd`` to the client's
+        (:func:`inproxy.splice.splice`): what was written before leaves first, the bytes never
+        enter Python.  Only with a Content-Length that covers them, on a plain-TCP client."""
+        remaining = self._remaining
+        if self.finished or self._chunked or remaining is None or count > remaining:
+            raise ValueError("splicing needs a response with a Content-Length covering the bytes")
+        conn = self._conn
+        dst_fd = conn.splice_fd()
+        if dst_fd is None:
+            raise ValueError("the client connection cannot be spliced to (TLS, or closed)")
+        head, self._head = self._head, None
+        if head is not None:
+            conn.write(head)
+        await conn.drain_empty()
+        self._remaining = remaining - count
+        await splice(src_fd, dst_fd, count, timeout=timeout)
 
     async def finish(self) -> None:
         """End the body (raises when a Content-Length was promised and not met)."""
