@@ -82,22 +82,14 @@ class Pipeline:
         try:
             response = await self._process(ctx)
         except S3Error as err:
-            ctx.error = err
-            response = self._error_response(ctx, err)
-            if request.writer.started:  # too late for another answer: only breaking the connection tells
-                _abort(request)
-                response = None
+            response = self._failed(ctx, err, err)
         except asyncio.CancelledError as exc:  # the proxy is stopping: still logged once
             ctx.error = ctx.error or exc
             await self._logging(ctx)
             raise
         except Exception as exc:  # a hook or the proxy itself failed: details to the log only
-            ctx.error = exc
             log.exception("request %s failed", ctx.request_id)
-            response = self._error_response(ctx, errors.InternalError())
-            if request.writer.started:
-                _abort(request)
-                response = None
+            response = self._failed(ctx, exc, errors.InternalError())
         ctx.status = ctx.status or (response.status if response is not None else None)
         await self._logging(ctx)
         return response
@@ -200,7 +192,8 @@ class Pipeline:
         if body is None:
             return None, length
         body = self._filtered_body(ctx, body)
-        if self._splice_requests and not chunked and not (self.verify_payload_hash and sigv4.is_sha256_hex(client_hash)):
+        hash_checked = self.verify_payload_hash and sigv4.is_sha256_hex(client_hash)
+        if self._splice_requests and not chunked and not hash_checked:
             ctx.state[spliced.STATE_PLAIN_BODY] = body  # nothing needs its bytes: it may be spliced
         return body, length
 
@@ -280,8 +273,9 @@ class Pipeline:
             raise
         ctx.status = upstream.status
         try:
-            if not (self._splice_responses and chunks is None and await spliced.relay_response(ctx, upstream, writer)):
-                await self._relay_body(ctx, chunks or self._upstream_body(upstream), writer)
+            if chunks is None and self._splice_responses and await spliced.relay_response(ctx, upstream, writer):
+                return
+            await self._relay_body(ctx, chunks or self._upstream_body(upstream), writer)
         except Exception as exc:
             # The status line may be out (or the client gone): another answer is impossible,
             # and a short body must never look complete.  Breaking the connection is the only
@@ -292,7 +286,7 @@ class Pipeline:
             _abort(ctx.request)
 
     @staticmethod
-    def _upstream_body(upstream) -> AsyncIterator[bytes]:
+    def _upstream_body(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         content = upstream.content
         if content.is_eof():  # a small answer arrived whole with its head: one piece, no reads
             return once(content.read_nowait())
@@ -333,6 +327,14 @@ class Pipeline:
         size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
         if size > self.max_header_bytes:
             raise errors.RequestHeaderSectionTooLarge()
+
+    def _failed(self, ctx: RequestContext, exc: BaseException, err: S3Error) -> web.Response | None:
+        """The error answer for ``exc``; None (the connection broken) once the head is out."""
+        ctx.error = exc
+        if ctx.request.writer.started:  # too late for another answer: only breaking the connection tells
+            _abort(ctx.request)
+            return None
+        return self._error_response(ctx, err)
 
     def _error_response(self, ctx: RequestContext, err: S3Error) -> web.Response:
         resource = ctx.s3.resource if ctx.s3 is not None else ""

@@ -22,13 +22,10 @@ from typing import AsyncIterator
 
 import pytest
 from aiohttp import web
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials as BotoCredentials
 
 from inproxy import AllowAll, Backend, ProxyHooks, ProxyServer
 
-from util import backend_for, new_bucket, s3_client
+from util import backend_for, new_bucket, s3_client, signed_headers
 
 AK, SK = "FRONTCLIENT", "front-client-secret"
 UNSIGNED = "UNSIGNED-PAYLOAD"
@@ -41,21 +38,12 @@ SLOW = 1.5  # seconds AppBackend takes to answer a "slow" key
 # -- requests: signed by botocore, written as raw bytes ------------------------------------------
 
 
-class _DeclaredPayloadAuth(S3SigV4Auth):
-    def __init__(self, credentials, payload_hash: str) -> None:
-        super().__init__(credentials, "s3", "us-east-1")
-        self._payload_hash = payload_hash
-
-    def payload(self, request):
-        return self._payload_hash
-
-
 def request_bytes(port: int, method: str, target: str, *, version: str = "1.1", payload_hash: str = UNSIGNED,
                   secret: str = SK, extra: dict[str, str] | None = None, body: bytes = b"") -> bytes:
     """A request signed with SigV4 for the proxy at ``port``; ``extra`` headers are sent unsigned."""
-    request = AWSRequest(method=method, url=f"http://127.0.0.1:{port}{target}", headers={})
-    _DeclaredPayloadAuth(BotoCredentials(AK, secret), payload_hash).add_auth(request)
-    headers = {"Host": f"127.0.0.1:{port}", **dict(request.headers.items()), **(extra or {})}
+    signed = signed_headers(method, f"http://127.0.0.1:{port}{target}", payload_hash=payload_hash,
+                            key=AK, secret=secret)
+    headers = {"Host": f"127.0.0.1:{port}", **signed, **(extra or {})}
     lines = [f"{method} {target} HTTP/{version}", *(f"{n}: {v}" for n, v in headers.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 

@@ -28,15 +28,13 @@ import aiohttp
 import botocore.exceptions
 import pytest
 from aiohttp import web
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials as BotoCredentials
 from yarl import URL
 
 import inproxy
 from inproxy import AllowAll, Backend, Identity, ProxyHooks, ProxyServer
 from inproxy.testing.servers import SeaweedFS
 
+import util
 from util import backend_for, s3_client
 
 AK, SK = "ROBUSTCLIENT", "robust-client-secret"
@@ -49,25 +47,10 @@ FAKE_CREDENTIALS = {"access_key": "backend-key", "secret_key": "backend-secret"}
 # -- signing and raw HTTP ---------------------------------------------------------------------
 
 
-class _DeclaredPayloadAuth(S3SigV4Auth):
-    """botocore's S3 SigV4 with the payload hash we declare (streamed or unsent bodies)."""
-
-    def __init__(self, credentials, payload_hash: str) -> None:
-        super().__init__(credentials, "s3", "us-east-1")
-        self._payload_hash = payload_hash
-
-    def payload(self, request):
-        return self._payload_hash
-
-
 def signed_headers(method: str, url: str, headers: dict | None = None, *, payload_hash: str = UNSIGNED,
                    key: str = AK, secret: str = SK) -> dict[str, str]:
     """Headers of a request signed by botocore (not by inproxy's own signer)."""
-    request = AWSRequest(method=method, url=url, headers=dict(headers or {}))
-    _DeclaredPayloadAuth(BotoCredentials(key, secret), payload_hash).add_auth(request)
-    signed = dict(request.headers.items())
-    signed.setdefault("Host", URL(url).raw_authority)
-    return signed
+    return util.signed_headers(method, url, headers, payload_hash=payload_hash, key=key, secret=secret)
 
 
 def request_head(method: str, target: str, headers: dict[str, str]) -> bytes:

@@ -74,6 +74,13 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _head(proxy: ProxyServer, method: str, presigned_url: str, length: int | None = None) -> bytes:
+    """The request head of a presigned URL on the proxy, as raw bytes."""
+    target = presigned_url.split(str(proxy.port), 1)[1]
+    length_line = f"Content-Length: {length}\r\n" if length is not None else ""
+    return f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n{length_line}\r\n".encode()
+
+
 async def _in_thread(fn, *args, **kwargs):
     return await asyncio.to_thread(fn, *args, **kwargs)
 
@@ -128,13 +135,8 @@ async def test_raw_keepalive_after_a_spliced_put(seaweed, bucket):
         get = s3.generate_presigned_url("head_object", Params={"Bucket": bucket, "Key": "raw"})
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         try:
-            target = put.split(str(proxy.port), 1)[1]
-            head = (f"PUT {target} HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n").encode()
             # The HEAD is pipelined right behind the body, in the same write.
-            target = get.split(str(proxy.port), 1)[1]
-            follow = f"HEAD {target} HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n\r\n".encode()
-            writer.write(head + body + follow)
+            writer.write(_head(proxy, "PUT", put, len(body)) + body + _head(proxy, "HEAD", get))
             await writer.drain()
             first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), T)
             assert first.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in first
@@ -154,10 +156,8 @@ async def test_client_leaving_mid_spliced_put_stores_nothing(seaweed, bucket):
         s3 = _client(proxy)
         put = s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "cut"})
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        target = put.split(str(proxy.port), 1)[1]
         size = 4 * 1024 * 1024
-        writer.write(f"PUT {target} HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n"
-                     f"Content-Length: {size}\r\n\r\n".encode() + os.urandom(size // 2))
+        writer.write(_head(proxy, "PUT", put, size) + os.urandom(size // 2))
         await writer.drain()
         await asyncio.sleep(0.3)
         writer.close()  # half the body, then gone
@@ -180,8 +180,7 @@ async def test_client_leaving_mid_spliced_get_leaves_the_proxy_healthy(seaweed, 
         s3 = _client(proxy)
         url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "big"})
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        target = url.split(str(proxy.port), 1)[1]
-        writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n\r\n".encode())
+        writer.write(_head(proxy, "GET", url))
         await writer.drain()
         await asyncio.wait_for(reader.readexactly(1024 * 1024), T)
         writer.transport.abort()  # gone with 7 MiB still to come
