@@ -17,6 +17,8 @@ What it does (see docs/performance.md for the why and the targets):
   via the proxy; MB/s, the proxy's CPU seconds per GiB, its idle RSS and peak RSS
   (VmHWM reset before each transfer, cross-checked by sampling VmRSS);
 * scenario 4 signing alone (bench/signing.py);
+* scenario idle: the proxy's RSS and fds per idle keep-alive client connection (bench/idle.py:
+  N connections, one GET each, then idle), every variant on nginx;
 * optionally a py-spy profile of one proxy variant under wrk load (--profile SECONDS);
 * prints tables of medians and proxy/direct ratios and writes bench/results/<ts>.json.
 
@@ -47,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import procfs, profiling, signing  # noqa: E402
+from bench import idle, procfs, profiling, signing  # noqa: E402
 from bench.nginx import Nginx, find_nginx  # noqa: E402
 from bench.wrk import find_wrk, run_wrk  # noqa: E402
 
@@ -62,6 +64,8 @@ MiB, GiB = 1 << 20, 1 << 30
 # variants, all measured on another (faster) machine.
 TARGET_US = 60
 REFERENCE_US = {"nginx proxy": 20, "raw proxy/uvloop": 58, "baseline aiohttp": 125}
+# "Per idle keep-alive connection: small": our bound, in KiB of proxy RSS (docs/performance.md says why).
+IDLE_TARGET_KIB = 64
 
 
 # ------------------------------------------------------------------------------------------
@@ -134,7 +138,8 @@ class Config:
     warmup: bool
     max_minutes: float
     out: Path
-    scenarios: list[str] = field(default_factory=lambda: ["signing", "small", "large"])
+    idle_connections: int = 1000
+    scenarios: list[str] = field(default_factory=lambda: ["signing", "small", "large", "idle"])
 
 
 def build_config(argv: list[str] | None) -> Config:
@@ -158,7 +163,9 @@ def build_config(argv: list[str] | None) -> Config:
                                       "quick full/asyncio,off/asyncio,full/uvloop,raw/uvloop)")
     p.add_argument("--seaweed-variants", help="proxy variants on SeaweedFS (default "
                                               "full/asyncio,full/uvloop,off/asyncio; quick full/asyncio)")
-    p.add_argument("--scenarios", default="signing,small,large", help="any of signing,small,large")
+    p.add_argument("--scenarios", default="signing,small,large,idle", help="any of signing,small,large,idle")
+    p.add_argument("--idle-connections", type=int, metavar="N",
+                   help="idle keep-alive client connections per proxy in scenario idle (default 1000, quick 200)")
     p.add_argument("--profile", type=int, metavar="SECONDS",
                    help="py-spy profile of one proxy variant on nginx under wrk load "
                         "(default 10 s in a full run, off in --quick; 0 disables)")
@@ -171,7 +178,7 @@ def build_config(argv: list[str] | None) -> Config:
                                                      "(default 40, quick 2)")
     p.add_argument("--out", type=Path, help="JSON file (default bench/results/<timestamp>.json)")
     a = p.parse_args(argv)
-    unknown = set(a.scenarios.split(",")) - {"signing", "small", "large", "none", ""}
+    unknown = set(a.scenarios.split(",")) - {"signing", "small", "large", "idle", "none", ""}
     if unknown:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     bad = set(a.backends.split(",")) - {"nginx", "seaweedfs", ""}
@@ -223,6 +230,7 @@ def build_config(argv: list[str] | None) -> Config:
         cprofile=a.cprofile,
         warmup=not a.no_warmup,
         max_minutes=a.max_minutes or (2 if quick else 40),
+        idle_connections=a.idle_connections or (200 if quick else 1000),
         out=a.out or ROOT / "bench" / "results" / f"{stamp}{'-quick' if quick else ''}.json",
         scenarios=[s for s in a.scenarios.split(",") if s],
     )
@@ -693,6 +701,26 @@ def large_transfers(cfg: Config, backend: BackendUnderTest, proxies: dict, clien
     return samples
 
 
+def idle_connections(cfg: Config, backend: BackendUnderTest, proxies: dict, deadline: Deadline,
+                     log) -> list[dict]:
+    """RSS and fds per idle keep-alive client connection of every proxy (bench/idle.py), all
+    proxies at once (their readings are per process; one shared settle keeps --quick short)."""
+    if deadline.expired():
+        return []
+    targets = {v.name: (proc.pid, presigned_get(f"http://127.0.0.1:{info['port']}", SMALL_KEY,
+                                                 CLIENT_KEY, CLIENT_SECRET))
+               for v, (proc, info) in proxies.items()}
+    rows = []
+    for name, r in idle.measure_all(targets, cfg.idle_connections).items():
+        rows.append({"backend": backend.name, "target": name, **r})
+        if r["ok"]:
+            log(f"  idle {name:22s} rss {r['rss_before_kib'] / 1024:.1f} -> {r['rss_after_kib'] / 1024:.1f} MiB"
+                f"  {r['kib_per_conn']:.1f} KiB/conn  {r['fds_per_conn']:.2f} fds/conn")
+        else:
+            log(f"  ! {backend.name} {name} idle: {r['error']}")
+    return rows
+
+
 def profile_proxy(cfg: Config, backend: BackendUnderTest, workdir: Path, log) -> dict:
     """py-spy on a fresh proxy process (and optionally cProfile on another) under wrk load."""
     out: dict = {"variant": cfg.profile_variant.name, "backend": backend.name,
@@ -825,6 +853,14 @@ def summarize(results: dict) -> dict:
                                    rss_peak_mib=max(s.get("rss_peak_mib") or 0 for s in t),
                                    rss_growth_mib=max(s.get("rss_growth_mib") or 0 for s in t))
                     summary["large"].append(row)
+    rows = results.get("idle", [])
+    summary["idle"] = []
+    for backend, target in dict.fromkeys((s["backend"], s["target"]) for s in rows):
+        t = [s for s in rows if s["backend"] == backend and s["target"] == target]
+        summary["idle"].append({"backend": backend, "target": target, "n": len(t),
+                                "connections": t[0].get("connections"), "failures": sum(not s["ok"] for s in t),
+                                **{k: median([s.get(k) for s in t]) for k in (
+                                    "rss_before_kib", "rss_after_kib", "kib_per_conn", "fds_per_conn")}})
     summary["targets"] = check_targets(results, summary)
     return summary
 
@@ -847,6 +883,15 @@ def check_targets(results: dict, summary: dict) -> list[dict]:
                            "where": f"{row['backend']} {row['op']} {row['label']} {row['target']}"
                                     + ("" if row["size"] >= GiB else " (smaller than 1 GiB: indicative)"),
                            "value": round(row["rss_growth_mib"], 1), "ok": row["rss_growth_mib"] <= 32})
+    # Idle connections: inproxy against our bound, nginx and the raw proxy alongside for comparison.
+    for row in summary.get("idle", []):
+        if row["target"].startswith("proxy ") and row["kib_per_conn"] is not None:
+            ref = [f"{r['target']} {r['kib_per_conn']:.1f} KiB" for r in summary["idle"] if r["kib_per_conn"] is not None
+                   and r["backend"] == row["backend"] and r["target"].startswith(("nginx proxy", "raw proxy"))]
+            checks.append({"target": f"idle keep-alive connection <= {IDLE_TARGET_KIB} KiB of proxy RSS",
+                           "where": f"{row['target']} on {row['backend']}", "value": round(row["kib_per_conn"], 1),
+                           "ok": row["kib_per_conn"] <= IDLE_TARGET_KIB,
+                           "note": ", ".join(ref) or None})
     sig = results.get("signing")
     if sig:
         worst = min(sig["speedup_from_scratch"].values())
@@ -904,6 +949,19 @@ def format_report(cfg: Config, results: dict, summary: dict) -> str:
                        f"{_f(r.get('rss_peak_mib'), '6.1f'):>6s} {_f(r.get('rss_growth_mib'), '9.1f'):>9s} {r['n']:2d}"
                        + (f"  FAILURES {r['failures']}" if r["failures"] else ""))
         out.append("")
+    if summary.get("idle"):
+        out.append(f"Idle keep-alive connections: {cfg.idle_connections} connections per target, each after one "
+                   f"1 KiB GET ({idle.BATCH} at a time), then idle {idle.SETTLE:.0f} s; proxy process RSS "
+                   f"(VmRSS, median of {idle.SAMPLES} readings) before and after, per connection; open fds per "
+                   "connection (the upstream connections the proxy keeps count too)")
+        out.append(f"  {'backend':9s} {'target':24s} {'RSS before':>10s} {'after MiB':>9s} {'KiB/conn':>8s} "
+                   f"{'fds/conn':>8s}")
+        for r in summary["idle"]:
+            out.append(f"  {r['backend']:9s} {r['target']:24s} {_f(r['rss_before_kib'] and r['rss_before_kib'] / 1024, '10.1f'):>10s} "
+                       f"{_f(r['rss_after_kib'] and r['rss_after_kib'] / 1024, '9.1f'):>9s} "
+                       f"{_f(r['kib_per_conn'], '8.1f'):>8s} {_f(r['fds_per_conn'], '8.2f'):>8s}"
+                       + (f"  FAILED {r['failures']}" if r["failures"] else ""))
+        out.append("")
     prof = results.get("profile")
     if prof and prof.get("py_spy"):
         out.append(f"Profile: {prof['variant']} on {prof['backend']}, wrk c={prof['concurrency']} for "
@@ -932,7 +990,8 @@ def format_report(cfg: Config, results: dict, summary: dict) -> str:
     if summary["targets"]:
         out.append("Targets:")
         for c in summary["targets"]:
-            out.append(f"  [{'ok' if c['ok'] else 'MISS'}] {c['target']}: {c['where']} = {c['value']}")
+            out.append(f"  [{'ok' if c['ok'] else 'MISS'}] {c['target']}: {c['where']} = {c['value']}"
+                       + (f" ({c['note']})" if c.get("note") else ""))
     return "\n".join(out)
 
 
@@ -942,6 +1001,8 @@ def format_report(cfg: Config, results: dict, summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = build_config(argv)
+    # Before anything is spawned: the proxies inherit it (scenario idle holds 1000s of connections).
+    nofile = idle.raise_nofile_limit()
     t_start = time.monotonic()
     deadline = Deadline(cfg.max_minutes)
 
@@ -959,10 +1020,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results: dict = {"meta": {**meta_info(), "config": _jsonable(asdict(cfg)), "quick": cfg.quick,
-                              "machine_before": machine_state(),
+                              "machine_before": machine_state(), "rlimit_nofile": list(nofile),
                               "caveat": "numbers from a shared 2-core machine are noisy; take final "
                                         "figures on a quiet machine"},
-                     "small": [], "large": [], "errors": []}
+                     "small": [], "large": [], "idle": [], "errors": []}
     if "signing" in cfg.scenarios:
         log("scenario 4: signing alone")
         results["signing"] = signing.run(cfg.signing_seconds)
@@ -979,7 +1040,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in backends:
             if deadline.expired():
                 break
-            if not {"small", "large"} & set(cfg.scenarios) and not (name == "nginx" and cfg.profile_seconds):
+            if not ({"small", "large"} & set(cfg.scenarios) or name == "nginx" and
+                    ("idle" in cfg.scenarios or cfg.profile_seconds)):
                 continue
             log(f"backend {name}: starting")
             try:
@@ -1000,6 +1062,9 @@ def main(argv: list[str] | None = None) -> int:
                     proxies = wait_proxies(spawned)
                     log(f"backend {name} at {backend.endpoint}; proxies: "
                         + ", ".join(f"{v.name} :{info['port']} ({info['loop']})" for v, (_, info) in proxies.items()))
+                    if "idle" in cfg.scenarios and name == "nginx":  # first: on fresh proxies
+                        log(f"scenario idle: {cfg.idle_connections} idle keep-alive connections per proxy on {name}")
+                        results["idle"] += idle_connections(cfg, backend, proxies, deadline, log)
                     if "small" in cfg.scenarios:
                         log(f"scenario 1/3/5: small GETs on {name}")
                         results["small"] += small_gets(cfg, backend, proxies, deadline, log)
@@ -1043,7 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
     for err in results["errors"]:
         print(f"ERROR {err}")
     failed = results["errors"] or [s for s in results["large"] if not s["ok"]] or [
-        s for s in results["small"] if sum(s["errors"].values())]
+        s for s in results["small"] if sum(s["errors"].values())] or [s for s in results["idle"] if not s["ok"]]
     return 1 if failed else 0
 
 
