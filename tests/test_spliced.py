@@ -12,6 +12,7 @@ import hashlib
 import os
 
 import aiohttp
+import requests
 import pytest
 
 from inproxy import AllowAll, ProxyHooks, ProxyServer
@@ -208,3 +209,18 @@ async def test_a_body_hook_or_a_payload_hash_keeps_bytes_in_python(seaweed, buck
         stored = await _in_thread(lambda: s3.get_object(Bucket=bucket, Key="hashed")["Body"].read())
     assert stored == data
     assert [(op, spliced) for op, spliced, _, _ in plain.requests] == [("PutObject", ()), ("GetObject", ("response",))]
+
+
+def test_spliced_both_ways_on_uvloop(seaweed, bucket):
+    """The same zero-copy paths on a host loop that is uvloop (the proxy in its own thread)."""
+    uvloop = pytest.importorskip("uvloop")
+    seen = Seen()
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    with ProxyServer.run_in_thread(backend_for(seaweed), keys={AK: SK}, authorizer=AllowAll(), hooks=seen,
+                                   loop_factory=uvloop.new_event_loop) as proxy:
+        s3 = _client(proxy)
+        put = s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "uv"})
+        assert requests.put(put, data=data, timeout=T).status_code == 200
+        assert s3.get_object(Bucket=bucket, Key="uv")["Body"].read() == data
+    assert [(op, spliced) for op, spliced, _, _ in seen.requests] == [
+        ("PutObject", ("request",)), ("GetObject", ("response",))]
