@@ -9,6 +9,7 @@ servers are aiohttp's or raw asyncio ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -373,6 +374,23 @@ async def start_server(handler, ssl_context: ssl.SSLContext | None = None
     return runner, site._server.sockets[0].getsockname()[1], peers
 
 
+@contextlib.asynccontextmanager
+async def objects_pool(*, ssl_context: ssl.SSLContext | None = None, pairs: int = 0, **pool_options):
+    """``serve_objects`` on loopback, a ConnectionPool to it and ``pairs`` loopback TCP pairs:
+    yields (pool, peers, [(a, b), ...]) and closes them all afterwards."""
+    runner, port, peers = await start_server(serve_objects, ssl_context)
+    pool = ConnectionPool(host="127.0.0.1", port=port, **pool_options)
+    sockets = [tcp_pair() for _ in range(pairs)]
+    try:
+        yield pool, peers, sockets
+    finally:
+        for a, b in sockets:
+            a.close()
+            b.close()
+        await pool.close()
+        await runner.cleanup()
+
+
 BIG = pattern(32 * MiB)
 
 
@@ -403,10 +421,7 @@ async def serve_objects(request: web.BaseRequest) -> web.StreamResponse:
 
 def test_detached_get_body_is_spliced_byte_exact_and_the_connection_is_not_reused(run):
     async def main():
-        runner, port, peers = await start_server(serve_objects)
-        pool = ConnectionPool(host="127.0.0.1", port=port, read_timeout=0.1)
-        dst, r = tcp_pair()
-        try:
+        async with objects_pool(read_timeout=0.1, pairs=1) as (pool, peers, [(dst, r)]):
             resp = await pool.request("GET", "/big")
             assert resp.status == 200
             await asyncio.sleep(0.1)  # the parser has buffered (and paused) meanwhile
@@ -440,11 +455,6 @@ def test_detached_get_body_is_spliced_byte_exact_and_the_connection_is_not_reuse
             assert await resp.read() == b"small"
             resp.release()
             assert len(peers) == 2 and pool.idle_count == 1
-        finally:
-            dst.close()
-            r.close()
-            await pool.close()
-            await runner.cleanup()
 
     run(main)
 
@@ -497,9 +507,7 @@ async def _read_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, si
 
 def test_detach_is_refused_where_the_body_is_not_a_counted_rest(run):
     async def main():
-        runner, port, _peers = await start_server(serve_objects)
-        pool = ConnectionPool(host="127.0.0.1", port=port)
-        try:
+        async with objects_pool() as (pool, _peers, _pairs):
             cases = [("GET", "/small"), ("GET", "/chunked"), ("GET", "/empty"), ("HEAD", "/big")]
             for method, path in cases:
                 resp = await pool.request(method, path)
@@ -517,9 +525,6 @@ def test_detach_is_refused_where_the_body_is_not_a_counted_rest(run):
             resp = await pool.request("GET", "/big")
             resp.release()  # released unread (closed): nothing to detach any more
             assert resp.detach_body() is None
-        finally:
-            await pool.close()
-            await runner.cleanup()
 
     run(main)
 
@@ -531,10 +536,8 @@ def test_detach_and_splice_body_refused_on_tls(run, tmp_path):
         cert, key = _self_signed(tmp_path)
         server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_ctx.load_cert_chain(cert, key)
-        runner, port, _peers = await start_server(serve_objects, server_ctx)
-        pool = ConnectionPool(scheme="https", host="127.0.0.1", port=port, verify_tls=False)
-        a, b = tcp_pair()
-        try:
+        async with objects_pool(ssl_context=server_ctx, scheme="https", verify_tls=False,
+                                pairs=1) as (pool, _peers, [(a, _b)]):
             resp = await pool.request("GET", "/big")
             assert resp.detach_body() is None
             assert await resp.read() == BIG
@@ -542,11 +545,6 @@ def test_detach_and_splice_body_refused_on_tls(run, tmp_path):
             with pytest.raises(ValueError, match="TLS"):
                 await pool.request("PUT", "/upload", {"Content-Length": "10"},
                                    data=SpliceBody(b"", a.fileno(), 10))
-        finally:
-            a.close()
-            b.close()
-            await pool.close()
-            await runner.cleanup()
 
     run(main)
 
@@ -559,11 +557,9 @@ def test_spliced_upload_is_byte_exact_and_the_connection_is_reused(run, prefix_s
     total = 32 * MiB
 
     async def main():
-        runner, port, peers = await start_server(serve_objects)
-        pool = ConnectionPool(host="127.0.0.1", port=port)
-        client, near = tcp_pair()  # the proxy's client: writes to `client`, the proxy splices from `near`
-        loop = asyncio.get_running_loop()
-        try:
+        # The proxy's client writes to `client`; the proxy splices from `near`.
+        async with objects_pool(pairs=1) as (pool, peers, [(client, near)]):
+            loop = asyncio.get_running_loop()
             prefix = BIG[:prefix_size]
             feeder = asyncio.ensure_future(loop.sock_sendall(client, BIG[prefix_size:total]))
             for _ in range(2):
@@ -576,22 +572,14 @@ def test_spliced_upload_is_byte_exact_and_the_connection_is_reused(run, prefix_s
                 feeder = asyncio.ensure_future(loop.sock_sendall(client, BIG[prefix_size:total]))
             assert len(peers) == 1 and pool.size == 1  # reused after a complete splice
             feeder.cancel()
-        finally:
-            client.close()
-            near.close()
-            await pool.close()
-            await runner.cleanup()
 
     run(main)
 
 
 def test_spliced_upload_with_a_client_that_stops_is_a_body_error(run):
     async def main():
-        runner, port, _peers = await start_server(serve_objects)
-        pool = ConnectionPool(host="127.0.0.1", port=port)
-        client, near = tcp_pair()
-        loop = asyncio.get_running_loop()
-        try:
+        async with objects_pool(pairs=1) as (pool, _peers, [(client, near)]):
+            loop = asyncio.get_running_loop()
             await loop.sock_sendall(client, b"x" * 1000)
             client.shutdown(socket.SHUT_WR)  # 1000 of the 5000 announced
             body = SpliceBody(b"", near.fileno(), 5000, timeout=5)
@@ -599,11 +587,6 @@ def test_spliced_upload_with_a_client_that_stops_is_a_body_error(run):
                 await pool.request("PUT", "/upload", {"Content-Length": "5000"}, data=body)
             assert isinstance(info.value.__cause__, SpliceIncomplete) and not body.complete
             assert pool.size == 0
-        finally:
-            client.close()
-            near.close()
-            await pool.close()
-            await runner.cleanup()
 
     run(main)
 
