@@ -61,6 +61,8 @@ InvalidURI = _error("InvalidURI", 400, "Couldn't parse the specified URI.")
 InvalidBucketName = _error("InvalidBucketName", 400, "The specified bucket is not valid.")
 IncompleteBody = _error("IncompleteBody", 400,
                         "You did not provide the number of bytes specified by the Content-Length HTTP header.")
+RequestTimeout = _error("RequestTimeout", 400, "Your socket connection to the server was not read from "
+                                               "or written to within the timeout period.")
 InvalidDigest = _error("InvalidDigest", 400, "The Content-MD5 or checksum value you specified is not valid.")
 BadDigest = _error("BadDigest", 400, "The checksum you specified did not match what we received.")
 MalformedXML = _error("MalformedXML", 400, "The XML you provided was not well-formed or did not validate "

@@ -64,6 +64,9 @@ class ProxyServer(ClientHelpers):
             parser, the cheaper per request) or ``"aiohttp"`` (aiohttp's ClientSession).
         shutdown_timeout: seconds ``stop()`` lets in-flight requests finish.
         keepalive_timeout: seconds an idle client connection stays open.
+        client_timeout: seconds a client may send none of its request body, or read none of
+            its answer, before the proxy gives up on it (``RequestTimeout``, or a closed
+            connection once the answer has started).
     """
 
     def __init__(self, backends: "Mapping[str, Backend] | Backend | None" = None, *,
@@ -76,10 +79,11 @@ class ProxyServer(ClientHelpers):
                  token_key: bytes | None = None, max_skew: float = 900.0, key_ttl: float = 60.0,
                  verify_payload_hash: bool = True, endpoints: Sequence[Any] = (),
                  upstream_client: str = "lean", shutdown_timeout: float = 5.0,
-                 keepalive_timeout: float = 75.0) -> None:
+                 keepalive_timeout: float = 75.0, client_timeout: float = 60.0) -> None:
         self.host, self._requested_port, self.ssl = host, port, ssl
         self.shutdown_timeout = shutdown_timeout
         self.keepalive_timeout = keepalive_timeout
+        self.client_timeout = client_timeout
         self.cache = cache if cache is not None else SecretsCache()
         self.backends = BackendMap(backends)
         self._pool = UpstreamPool(client=upstream_client)
@@ -127,7 +131,7 @@ class ProxyServer(ClientHelpers):
         if self._front is not None:
             raise RuntimeError("already started")
         front = FrontServer(self.pipeline.handle, max_header_bytes=self.pipeline.max_header_bytes,
-                            keepalive_timeout=self.keepalive_timeout)
+                            keepalive_timeout=self.keepalive_timeout, client_timeout=self.client_timeout)
         self.port = await front.start(self.host, self._requested_port, self.ssl)  # port 0 -> ephemeral
         self._front = front
         log.info("inproxy listening on %s", self.endpoint_url)

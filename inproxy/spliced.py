@@ -91,10 +91,12 @@ def request_body(ctx: "RequestContext") -> SpliceBody | None:
 
 def body_done(ctx: "RequestContext", body: SpliceBody, exc: BaseException | None = None) -> None:
     """Give the client connection back after a spliced upload; a failure on the client's
-    side becomes the answer (``IncompleteBody``), not a backend error."""
+    side becomes the answer (``IncompleteBody``, ``RequestTimeout``), not a backend error."""
     ctx.request.body_returned(body.complete)
     if body.complete:
         ctx.bytes_in += len(body.prefix) + body.remaining
     cause = exc.__cause__ if exc is not None else None
-    if isinstance(cause, (SpliceConnectionError, SpliceTimeout)) and cause.source:
+    if isinstance(cause, SpliceTimeout) and cause.source:
+        ctx.state["body_error"] = errors.RequestTimeout()
+    elif isinstance(cause, SpliceConnectionError) and cause.source:
         ctx.state["body_error"] = errors.IncompleteBody()

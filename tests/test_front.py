@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
 import time
 import xml.etree.ElementTree as ET
 from contextlib import asynccontextmanager
@@ -714,3 +715,58 @@ async def test_crlf_in_a_hook_answer_is_a_500_not_a_split_header(caplog):
         assert response.closes and await closed_by_peer(reader)
         assert response.get("x-amz-request-id") in caplog.text
     assert app.requests == []
+
+
+# == 12. clients that stall: a body never finished, an answer never read =============================
+
+
+@pytest.mark.parametrize("spliced", [False, True])
+async def test_client_stalling_mid_body_gets_request_timeout_and_nothing_is_stored(weed_objects, spliced):
+    """Content-Length promised, part of the body sent, then silence: the proxy answers
+    RequestTimeout and closes; the backend never stores the object.  A body streamed through
+    Python is given up after client_timeout; a spliced one (>= 256 KiB, UNSIGNED-PAYLOAD)
+    after the splice's own deadline, the backend's read_timeout."""
+    info, bucket = weed_objects
+    key = f"stalled-{spliced}"
+    size = 1024 * 1024 if spliced else 100_000
+    backend = backend_for(info, read_timeout=0.5 if spliced else 30)
+    async with ProxyServer(backend, keys={AK: SK}, authorizer=AllowAll(),
+                           client_timeout=0.5) as proxy, connection(proxy.port) as (reader, writer):
+        await send(writer, request_bytes(proxy.port, "PUT", f"/{bucket}/{key}",
+                                         extra={"Content-Length": str(size)}) + b"x" * 1000)
+        started = time.monotonic()
+        response = await read_response(reader, timeout=10)
+        assert_refused(response, "RequestTimeout", 400)
+        assert 0.4 < time.monotonic() - started < 5
+        assert response.closes and await closed_by_peer(reader)
+    direct = s3_client(info.endpoint_url, info.access_key, info.secret_key, region=info.region)
+    listed = await asyncio.to_thread(direct.list_objects_v2, Bucket=bucket, Prefix=key)
+    assert listed.get("KeyCount", 0) == 0
+
+
+class _LoggedSeeingBodies(_Logged):
+    async def response_body_filter(self, ctx, chunk):
+        return chunk
+
+
+async def test_client_not_reading_its_answer_is_dropped_after_client_timeout(weed_objects, caplog):
+    """A client that asks for a large object and never reads it holds nothing for ever: once
+    the proxy's socket buffer is full and nothing moves for client_timeout, the connection
+    is closed (the answer has started: there is no other way to end it) and the proxy serves on."""
+    caplog.set_level(logging.INFO, logger="inproxy")
+    info, bucket = weed_objects
+    hooks = _LoggedSeeingBodies()  # a body hook: the answer streams through the writer, not spliced
+    async with ProxyServer(backend_for(info), keys={AK: SK}, authorizer=AllowAll(), hooks=hooks,
+                           client_timeout=0.5) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=1024)
+        writer.transport.pause_reading()  # and never resumed: 20 MiB cannot all sit in the kernel
+        started = time.monotonic()
+        await send(writer, request_bytes(proxy.port, "GET", f"/{bucket}/big"))
+        await asyncio.wait_for(hooks.event.wait(), 10)
+        assert time.monotonic() - started < 5
+        assert isinstance(hooks.errors[0], ConnectionError)
+        writer.transport.abort()
+        async with connection(proxy.port) as (reader, writer):  # the proxy still serves
+            await send(writer, request_bytes(proxy.port, "GET", f"/{bucket}/small"))
+            assert (await read_response(reader)).status == 200
+    assert "has not read its answer" in caplog.text

@@ -38,7 +38,7 @@ class FrontConnection(asyncio.Protocol):
         "server", "_loop", "transport", "_parser", "_queue", "_waiter", "_task", "busy",
         "closing", "_current", "_reading_paused", "_queue_paused", "write_paused",
         "_drain_waiter", "remote", "local_host", "secure", "_last_active", "_timer", "_discarding",
-        "_unread", "_body_taken",
+        "_unread", "_body_taken", "_last_rx", "_write_blocked_at",
     )
 
     def __init__(self, server: "FrontServer") -> None:
@@ -64,6 +64,8 @@ class FrontConnection(asyncio.Protocol):
         self._discarding = False  # lingering: bytes are read and dropped
         self._unread = False  # the last answer left bytes of its request unread
         self._body_taken = False  # the current request's body is being spliced from the socket
+        self._last_rx = 0.0  # when the client last sent bytes
+        self._write_blocked_at = 0.0  # since when the client has not taken what we write (0: it has)
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -88,8 +90,9 @@ class FrontConnection(asyncio.Protocol):
             self.local_host = f"[{host}]:{local[1]}" if ":" in host else f"{host}:{local[1]}"
         self.secure = transport.get_extra_info("sslcontext") is not None
         self._parser = self._new_parser()
-        self._last_active = self._loop.time()
-        self._timer = self._loop.call_at(self._last_active + server.keepalive_timeout, self._on_timer)
+        self._last_active = self._last_rx = self._loop.time()
+        first = min(server.keepalive_timeout, server.client_timeout / 2)
+        self._timer = self._loop.call_at(self._last_active + first, self._on_timer)
         server.connection_opened(self)
         self._task = self._loop.create_task(self._serve())
 
@@ -103,6 +106,8 @@ class FrontConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._discarding or self.closing and not self.busy:
             return
+        if data:
+            self._last_rx = self._loop.time()
         try:
             messages, upgraded, _tail = self._parser.feed_data(data)
         except HttpProcessingError as exc:
@@ -145,9 +150,11 @@ class FrontConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._write_blocked_at = self._loop.time()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._write_blocked_at = 0.0
         self._wake_drain(None)
 
     # aiohttp's StreamReader calls these for flow control of a request body.
@@ -444,8 +451,37 @@ class FrontConnection(asyncio.Protocol):
             self._wake()
             self.transport.close()
             return
-        due = max(idle_since + self.server.keepalive_timeout, now + 1.0)
+        if self.busy:
+            if self._client_stalled(now):
+                return
+            due = now + min(1.0, self.server.client_timeout / 4)  # a stall is seen within 1 s
+        else:  # idle: due at the keep-alive limit, or sooner so that a request's stall is seen in time
+            due = min(max(idle_since + self.server.keepalive_timeout, now + 1.0),
+                      now + self.server.client_timeout / 2)
         self._timer = self._loop.call_at(due, self._on_timer)
+
+    def _client_stalled(self, now: float) -> bool:
+        """While a request is answered: a client that stopped sending its body, or stopped
+        reading its answer, for ``client_timeout`` seconds is given up on (S3 does the same:
+        RequestTimeout), so that it cannot hold a task and a backend connection for ever.
+        Not while the proxy itself holds the body back (flow control, a splice with its own
+        deadline).  True when the connection was aborted."""
+        timeout = self.server.client_timeout
+        if self._write_blocked_at and now - self._write_blocked_at >= timeout:
+            log.warning("inproxy: client %s has not read its answer for %.0f s; closing", self.remote, timeout)
+            self.abort()
+            return True
+        current = self._current
+        if current is None or self._reading_paused or self._body_taken or now - self._last_rx < timeout:
+            return False
+        content = current.content
+        if current.body_exists and not content.is_eof() and content.exception() is None:
+            content.set_exception(errors.RequestTimeout())
+        return False
+
+    def client_may_send(self) -> None:
+        """The client was just invited to send (``100 Continue``): its clock starts now."""
+        self._last_rx = self._loop.time()
 
 
 def _buffered(content: Any) -> int:

@@ -137,4 +137,5 @@ class FrontRequest:
             return
         connection = self._connection
         connection.write(_CONTINUE)
+        connection.client_may_send()
         await connection.drain()

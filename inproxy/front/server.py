@@ -29,12 +29,14 @@ class FrontServer:
     """
 
     def __init__(self, handler: "Handler", *, max_header_bytes: int = 16 * 1024,
-                 max_headers: int = 128, keepalive_timeout: float = 75.0,
+                 max_headers: int = 128, keepalive_timeout: float = 75.0, client_timeout: float = 60.0,
                  read_limit: int = 256 * 1024) -> None:
         self.handler = handler
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.keepalive_timeout = keepalive_timeout
+        # A client sending none of its body, or reading none of its answer, this long is given up on.
+        self.client_timeout = client_timeout
         self.read_limit = read_limit  # a request body buffers up to 2x this, then reading pauses
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self.connections: set[FrontConnection] = set()
