@@ -273,9 +273,19 @@ class Pipeline:
             raise
         ctx.status = upstream.status
         try:
-            if chunks is None and self._splice_responses and await spliced.relay_response(ctx, upstream, writer):
-                return
-            await self._relay_body(ctx, chunks or self._upstream_body(upstream), writer)
+            if chunks is None:
+                content = upstream.content
+                if content.is_eof() and not self._filters_response_body:
+                    # A small answer that arrived whole with its head: one write, no read loop.
+                    data = content.read_nowait()
+                    ctx.bytes_out += len(data)
+                    await writer.write(data)
+                    await writer.finish()
+                    return
+                if self._splice_responses and await spliced.relay_response(ctx, upstream, writer):
+                    return
+                chunks = content.iter_any()
+            await self._relay_body(ctx, chunks, writer)
         except Exception as exc:
             # The status line may be out (or the client gone): another answer is impossible,
             # and a short body must never look complete.  Breaking the connection is the only
@@ -284,13 +294,6 @@ class Pipeline:
             self._log_broken_response(ctx, exc)
             upstream.close()
             _abort(ctx.request)
-
-    @staticmethod
-    def _upstream_body(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        content = upstream.content
-        if content.is_eof():  # a small answer arrived whole with its head: one piece, no reads
-            return once(content.read_nowait())
-        return content.iter_any()
 
     async def _renamed_xml(self, ctx: RequestContext, upstream: aiohttp.ClientResponse,
                            headers: list[tuple[str, str]]) -> AsyncIterator[bytes] | None:
