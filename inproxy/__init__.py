@@ -15,6 +15,7 @@ from .backend import Backend
 from .context import AccessRequest, RequestContext, UpstreamRequest
 from .credentials import Credentials
 from .errors import S3Error
+from .front import FrontRequest
 from .hooks import (
     AllowAll,
     Authenticator,
@@ -37,7 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ANONYMOUS", "AnonymousAccess", "AWSDefaultChain", "AccessRequest", "AllowAll", "Authenticator", "Authorizer",
     "Backend", "BearerAuthenticator", "Cached", "CredentialProvider", "Credentials", "Decision",
-    "DenyAll", "IBMIAMToken", "Identity", "JWTVerifier", "KeyStore", "MTLSAuthenticator",
+    "DenyAll", "FrontRequest", "IBMIAMToken", "Identity", "JWTVerifier", "KeyStore", "MTLSAuthenticator",
     "PrefixPolicy", "ProxyHooks", "ProxyServer", "RequestContext", "Rule", "S3Error", "STSEndpoint", "SecretsCache",
     "SigV4Authenticator", "SimpleTokenAuth", "UpstreamRequest", "blocking", "presign_url",
 ]
