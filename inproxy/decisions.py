@@ -155,6 +155,7 @@ def scoped_decisions(pipeline: "Pipeline") -> ScopedDecisions:
 # -- asking the authorizer --------------------------------------------------------------------
 
 _TIMEOUT = getattr(asyncio, "timeout", None)  # 3.11+
+_NOT_CACHED = object()
 
 
 async def _within(awaitable, seconds: float):
@@ -183,6 +184,10 @@ async def is_allowed(pipeline: "Pipeline", access: AccessRequest) -> bool:
     cache = pipeline.cache
     key = ("authz", pipeline.cache_namespace, decision_cache_key(access, identity_key))
     default_ttl = max(0.0, float(pipeline.cache_decisions or 0))
+    if default_ttl > 0:
+        found = cache.get_fresh(key, _NOT_CACHED)  # the common case: no coroutine, no closure
+        if found is not _NOT_CACHED:
+            return found is True
 
     async def fetch():
         return await _ask(pipeline, access, store, default_ttl)

@@ -212,6 +212,18 @@ class SecretsCache:
                 return flight.future.result()
         raise RuntimeError("fetch was cancelled repeatedly; giving up")
 
+    def get_fresh(self, key: Hashable, default: Any = None) -> Any:
+        """The cached value for ``key`` if it is neither expired nor due a refresh, counted
+        as a hit; ``default`` otherwise (then :meth:`get` fetches or refreshes).  The
+        synchronous fast path of :meth:`get` for callers on a hot path."""
+        now = self._clock()
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None or now >= entry.refresh_at or now >= entry.expires_at:
+                return default
+            self._counters.hits += 1
+            return entry.value
+
     def peek(self, key: Hashable) -> Any | None:
         """The cached, unexpired value for ``key`` or ``None``.
 

@@ -284,6 +284,29 @@ async def test_refresh_ahead_serves_old_value_then_new():
     assert (stats.hits, stats.misses, stats.refreshes, stats.failures) == (7, 1, 1, 0)
 
 
+async def test_get_fresh_serves_only_what_get_would_serve_without_fetching():
+    """The synchronous fast path: a hit while fresh; nothing (so get() runs) once a refresh is
+    due, once expired, or when absent; it never starts a fetch itself."""
+    clock = FakeClock()
+    cache = SecretsCache(default_ttl=300, refresh_ahead=60, clock=clock)
+    fetch = Counter()
+    missing = object()
+    assert cache.get_fresh("k", missing) is missing
+    assert await cache.get("k", fetch) == "v-1"
+    assert cache.get_fresh("k", missing) == "v-1"
+    clock.advance(239)
+    assert cache.get_fresh("k", missing) == "v-1"
+    clock.advance(2)  # inside refresh_ahead: get() must see it to refresh
+    assert cache.get_fresh("k", missing) is missing
+    assert await cache.get("k", fetch) == "v-1"
+    await settle()
+    assert fetch.calls == 2 and cache.get_fresh("k", missing) == "v-2"
+    clock.advance(301)
+    assert cache.get_fresh("k", missing) is missing
+    assert fetch.calls == 2
+    assert (cache.stats.hits, cache.stats.misses) == (4, 1)  # 3 fresh hits, 1 get() hit that refreshed
+
+
 async def test_refresh_ahead_for_expiring_credentials():
     clock = FakeClock()
     cache = SecretsCache(clock=clock)  # defaults: ttl 300, refresh 60, margin 30
