@@ -74,6 +74,7 @@ from aiohttp.http_parser import HttpResponseParser
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from . import splice as _splice
+from .tcp import no_delay
 
 try:  # aiohttp's own (C) head serializer: UTF-8, refuses control characters (header injection)
     from aiohttp.http_writer import _serialize_headers
@@ -260,12 +261,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        no_delay(transport)
         self._timer = self._loop.call_at(self._loop.time() + self.pool._period, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
