@@ -1,4 +1,4 @@
-"""TCP settings shared by the client-facing front and the upstream client."""
+"""Transport settings shared by the client-facing front and the upstream client."""
 
 from __future__ import annotations
 
@@ -14,4 +14,22 @@ def no_delay(transport: asyncio.BaseTransport) -> None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
+            pass
+
+
+def pause_reading(transport: asyncio.Transport | None) -> None:
+    """Stop reading the socket; a transport that is gone or cannot pause is left as it is."""
+    if transport is not None:
+        try:
+            transport.pause_reading()
+        except (AttributeError, NotImplementedError, RuntimeError):
+            pass
+
+
+def resume_reading(transport: asyncio.Transport | None) -> None:
+    """Read the socket again; a transport that is gone or closing is left as it is."""
+    if transport is not None and not transport.is_closing():
+        try:
+            transport.resume_reading()
+        except (AttributeError, NotImplementedError, RuntimeError):
             pass

@@ -74,7 +74,7 @@ from aiohttp.http_parser import HttpResponseParser
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from . import splice as _splice
-from .tcp import no_delay
+from . import tcp
 
 try:  # aiohttp's own (C) head serializer: UTF-8, refuses control characters (header injection)
     from aiohttp.http_writer import _serialize_headers
@@ -261,7 +261,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        no_delay(transport)
+        tcp.no_delay(transport)
         self._timer = self._loop.call_at(self._loop.time() + self.pool._period, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
@@ -330,12 +330,7 @@ class _Connection(asyncio.Protocol):
             parser.pause_reading()  # llhttp stops after this piece; the rest stays in its tail
         if not self._reading_paused:
             self._reading_paused = True
-            transport = self.transport
-            if transport is not None:
-                try:
-                    transport.pause_reading()
-                except (AttributeError, NotImplementedError, RuntimeError):
-                    pass
+            tcp.pause_reading(self.transport)
 
     def resume_reading(self, resume_parser: bool = True) -> None:
         if not self._reading_paused or self._detached:
@@ -345,12 +340,8 @@ class _Connection(asyncio.Protocol):
             self.data_received(b"")  # what llhttp kept back when it paused
         else:
             self._last_rx = self._loop.time()
-        transport = self.transport
-        if not self._reading_paused and transport is not None:
-            try:
-                transport.resume_reading()
-            except (AttributeError, NotImplementedError, RuntimeError):
-                pass
+        if not self._reading_paused:
+            tcp.resume_reading(self.transport)
 
     # -- an exchange -----------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from aiohttp.http_parser import HttpRequestParser
 from aiohttp.web_protocol import RequestPayloadError
 
 from .. import errors
-from ..tcp import no_delay
+from ..tcp import no_delay, pause_reading, resume_reading
 from .request import FrontRequest
 from .response import ResponseWriter
 
@@ -418,20 +418,10 @@ class FrontConnection(asyncio.Protocol):
             self._pause_transport()
 
     def _pause_transport(self) -> None:
-        transport = self.transport
-        if transport is not None:
-            try:
-                transport.pause_reading()
-            except (AttributeError, NotImplementedError, RuntimeError):
-                pass
+        pause_reading(self.transport)
 
     def _resume_transport(self) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            try:
-                transport.resume_reading()
-            except (AttributeError, NotImplementedError, RuntimeError):
-                pass
+        resume_reading(self.transport)
 
     def _on_timer(self) -> None:
         """Close a connection idle for the keep-alive timeout (bytes of an unfinished request
