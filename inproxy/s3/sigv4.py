@@ -85,7 +85,13 @@ _MAX_AUTH_LENGTH = 8192
 # A percent escape that canonical form keeps: upper-case hex of a byte that is *not*
 # unreserved (escapes of A-Z a-z 0-9 - . _ ~ must be decoded, lower-case hex re-cased).
 _KEPT_ESCAPE = r"%(?:[0189A-F][0-9A-F]|2[0-9A-CF]|3[A-F]|[46]0|5[B-E]|7[B-DF])"
-_is_canonical_component = re.compile(rf"(?:[A-Za-z0-9\-._~]+|{_KEPT_ESCAPE})*").fullmatch
+_CANONICAL_COMPONENT = rf"(?:[A-Za-z0-9\-._~]+|{_KEPT_ESCAPE})*"
+_is_canonical_component = re.compile(_CANONICAL_COMPONENT).fullmatch
+# A whole query whose every name and value is canonical already (at most one '=' a piece):
+# one match instead of one per component, the common case (SDKs encode canonically).
+_is_canonical_query = re.compile(
+    rf"{_CANONICAL_COMPONENT}(?:={_CANONICAL_COMPONENT})?(?:&{_CANONICAL_COMPONENT}(?:={_CANONICAL_COMPONENT})?)*"
+).fullmatch
 _is_canonical_path = re.compile(rf"(?:[A-Za-z0-9\-._~/]+|{_KEPT_ESCAPE})*").fullmatch
 _is_unreserved = re.compile(r"[A-Za-z0-9\-._~]*").fullmatch
 _is_unreserved_path = re.compile(r"[A-Za-z0-9\-._~/]*").fullmatch
@@ -135,14 +141,12 @@ def parse_query(raw_query: str) -> list[tuple[str, str]]:
     empty pieces skipped, each split on its first ``=`` (a missing value is ``""``), both
     sides decoded like a form: ``+`` is a space, as S3 and the SDKs that send it (polars'
     object_store) mean it; a literal plus arrives as ``%2B``."""
-    pairs = []
     if not raw_query:
-        return pairs
-    for piece in raw_query.split("&"):
-        if piece:
-            name, _, value = piece.partition("=")
-            pairs.append((_decode_component(name), _decode_component(value)))
-    return pairs
+        return []
+    pieces = [piece.partition("=") for piece in raw_query.split("&") if piece]
+    if "%" not in raw_query and "+" not in raw_query:  # nothing to decode (the common case)
+        return [(name, value) for name, _, value in pieces]
+    return [(_decode_component(name), _decode_component(value)) for name, _, value in pieces]
 
 
 def _decode_component(raw: str) -> str:
@@ -169,13 +173,12 @@ def canonical_query_pairs(raw_query: str) -> list[tuple[str, str, str]]:
     sorted ``(encoded name, encoded value, decoded name)`` triples."""
     if not raw_query:
         return []
-    pairs = []
-    for piece in raw_query.split("&"):
-        if not piece:
-            continue
-        name, _, value = piece.partition("=")
-        pairs.append((_canonical_component(name), _canonical_component(value),
-                      unquote(name) if "%" in name else name))
+    pieces = [piece.partition("=") for piece in raw_query.split("&") if piece]
+    if _is_canonical_query(raw_query):
+        pairs = [(name, value, unquote(name) if "%" in name else name) for name, _, value in pieces]
+    else:
+        pairs = [(_canonical_component(name), _canonical_component(value),
+                  unquote(name) if "%" in name else name) for name, _, value in pieces]
     pairs.sort()
     return pairs
 
