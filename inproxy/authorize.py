@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Sequence
 from . import errors
 from .body import decoded_length, is_aws_chunked, once, read_all, send_continue, verified_body
 from .context import AccessRequest
-from .decisions import all_allowed, is_allowed
+from .decisions import all_allowed, is_allowed, known_decision
 from .s3.multi import CopySource, check_content_md5, check_key, content_md5, parse_copy_source, parse_delete_request
 from .s3.operations import LISTING_OPERATIONS
 
@@ -71,9 +71,15 @@ async def authorize_request(pipeline: "Pipeline", ctx: "RequestContext") -> None
     """Raise an S3Error (AccessDenied when the authorizer says no) unless everything this
     request does is allowed."""
     s3 = ctx.s3
-    _check_query(ctx)
-    copy_headers = ctx.request.headers.getall("x-amz-copy-source", [])
-    if not await is_allowed(pipeline, ctx.access):
+    if s3.operation in LISTING_OPERATIONS:
+        _check_query(ctx)
+    headers = ctx.request.headers
+    copy_headers = headers.getall("x-amz-copy-source") if "x-amz-copy-source" in headers else ()
+    access = ctx.access
+    allowed = known_decision(pipeline, access)
+    if allowed is None:
+        allowed = await is_allowed(pipeline, access)
+    if not allowed:
         raise errors.AccessDenied()
     if copy_headers:
         if s3.operation not in COPY_OPERATIONS:

@@ -11,6 +11,8 @@ from .hooks import CredentialProvider, as_credential_provider
 
 Flavor = Literal["s3", "gcs", "ibm"]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_GCS_UNSIGNED = frozenset({"accept-encoding"})
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass(eq=False)
@@ -52,18 +54,19 @@ class Backend:
         self.hostname = parts.hostname
         self.port = parts.port or _DEFAULT_PORTS[parts.scheme]
         self.base_path = parts.path.rstrip("/")
+        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
+        self._netloc = host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
         self.credential_provider: CredentialProvider | None = as_credential_provider(self.credentials)
 
     @property
     def netloc(self) -> str:
         """host[:port] as sent in the Host header (the port only when not the scheme's default)."""
-        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
-        return host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+        return self._netloc
 
     @property
     def unsigned_headers(self) -> frozenset[str]:
         """Headers never signed for this backend (GCS's front end rewrites Accept-Encoding)."""
-        return frozenset({"accept-encoding"}) if self.flavor == "gcs" else frozenset()
+        return _GCS_UNSIGNED if self.flavor == "gcs" else _NONE
 
     def backend_bucket(self, client_bucket: str | None) -> str | None:
         """The bucket name the backend knows, after renaming."""

@@ -45,6 +45,8 @@ def is_aws_chunked(request: "FrontRequest", client_hash: str) -> bool:
     """Whether the body is ``aws-chunked``: a streaming payload hash or the content encoding says so."""
     if client_hash.startswith(_STREAMING_PREFIX):
         return True
+    if "content-encoding" not in request.headers:  # the common case: one lookup
+        return False
     encodings = request.headers.getall("content-encoding", [])
     return any(c.strip().lower() == "aws-chunked" for e in encodings for c in e.split(","))
 

@@ -63,7 +63,12 @@ class UpstreamRequest:
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://{self.host}{self.path}" + (f"?{self.query}" if self.query else "")
+        return f"{self.scheme}://{self.host}{self.target}"
+
+    @property
+    def target(self) -> str:
+        """The request target: path and query, as in the request line."""
+        return f"{self.path}?{self.query}" if self.query else self.path
 
 
 @dataclass

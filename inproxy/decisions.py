@@ -31,7 +31,8 @@ from .secrets import Cached
 if TYPE_CHECKING:
     from .pipeline import Pipeline
 
-__all__ = ["ScopedDecisions", "all_allowed", "decision_cache_key", "is_allowed", "scoped_decisions"]
+__all__ = ["ScopedDecisions", "all_allowed", "decision_cache_key", "is_allowed", "known_decision",
+           "scoped_decisions"]
 
 log = logging.getLogger("inproxy")
 
@@ -166,6 +167,21 @@ async def _within(awaitable, seconds: float):
     return await asyncio.wait_for(awaitable, seconds)
 
 
+def known_decision(pipeline: "Pipeline", access: AccessRequest) -> bool | None:
+    """The answer for ``access`` without asking the authorizer: a scoped decision covering
+    it, or a fresh cached one (with ``cache_decisions`` on); None when it must be asked.
+    Synchronous: the common case of a request costs no coroutine."""
+    identity_key = _identity_key(access.identity)  # claims digested once, for both lookups
+    scoped = scoped_decisions(pipeline).lookup(access, identity_key)
+    if scoped is not None:
+        return scoped
+    if not pipeline.cache_decisions or pipeline.cache_decisions <= 0:
+        return None
+    key = ("authz", pipeline.cache_namespace, decision_cache_key(access, identity_key))
+    found = pipeline.cache.get_fresh(key, _NOT_CACHED)
+    return None if found is _NOT_CACHED else found is True
+
+
 async def is_allowed(pipeline: "Pipeline", access: AccessRequest) -> bool:
     """Ask the pipeline's authorizer, through the decision caches.
 
@@ -176,18 +192,13 @@ async def is_allowed(pipeline: "Pipeline", access: AccessRequest) -> bool:
     * A hook that raises, times out or answers something other than a bool or a
       Decision denies, and that denial is never cached.
     """
+    found = known_decision(pipeline, access)
+    if found is not None:
+        return found
     store = scoped_decisions(pipeline)
-    identity_key = _identity_key(access.identity)  # claims digested once, for both lookups
-    scoped = store.lookup(access, identity_key)
-    if scoped is not None:
-        return scoped
     cache = pipeline.cache
-    key = ("authz", pipeline.cache_namespace, decision_cache_key(access, identity_key))
+    key = ("authz", pipeline.cache_namespace, decision_cache_key(access))
     default_ttl = max(0.0, float(pipeline.cache_decisions or 0))
-    if default_ttl > 0:
-        found = cache.get_fresh(key, _NOT_CACHED)  # the common case: no coroutine, no closure
-        if found is not _NOT_CACHED:
-            return found is True
 
     async def fetch():
         return await _ask(pipeline, access, store, default_ttl)

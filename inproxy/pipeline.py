@@ -91,7 +91,8 @@ class Pipeline:
             log.exception("request %s failed", ctx.request_id)
             response = self._failed(ctx, exc, errors.InternalError())
         ctx.status = ctx.status or (response.status if response is not None else None)
-        await self._logging(ctx)
+        if self._has_logging_hook or self._logs_requests:
+            await self._logging(ctx)
         return response
 
     async def _process(self, ctx: RequestContext) -> web.Response | None:
@@ -162,6 +163,9 @@ class Pipeline:
             return await provider.get_credentials(ctx.identity, ctx.s3.bucket, ctx.backend)
         key = ("credentials", self.cache_namespace, id(provider), id(ctx.backend),
                provider.cache_scope(ctx.identity, ctx.s3.bucket))
+        found = self.cache.get_fresh(key)  # the common case: no coroutine
+        if found is not None:
+            return found
         return await self.cache.get(
             key, lambda: provider.get_credentials(ctx.identity, ctx.s3.bucket, ctx.backend))
 
@@ -170,14 +174,16 @@ class Pipeline:
         client_hash = request.headers.get("x-amz-content-sha256", "")
         chunked = is_aws_chunked(request, client_hash)
         headers = forwarded_headers(request.headers.items(), decoding_chunked=chunked)
-        headers.update(upstream_headers(self, ctx))  # content-md5, a rewritten x-amz-copy-source
+        if ctx.state:  # what authorization left: content-md5, a rewritten x-amz-copy-source
+            headers.update(upstream_headers(self, ctx))
         encoded_key = sigv4.uri_encode(s3.key, keep_slash=True) if s3.key is not None else None
         host, path = backend.locate(s3.bucket, encoded_key)
         query = s3.canonical_query(drop=PRESIGN_PARAMS)
         ctx.body, ctx.body_length = self._request_body(ctx, chunked, client_hash)
         if ctx.body_length is not None and (ctx.body is not None or request.method in ("PUT", "POST")):
             headers["content-length"] = str(ctx.body_length)
-        payload_hash = client_hash if sigv4.is_sha256_hex(client_hash) and not chunked else sigv4.UNSIGNED_PAYLOAD
+        payload_hash = client_hash if client_hash and not chunked and sigv4.is_sha256_hex(client_hash) \
+            else sigv4.UNSIGNED_PAYLOAD
         buffered = ctx.state.get(STATE_BUFFERED_BODY)
         if buffered is not None:  # held whole: sign its real hash (unless a hook may change it)
             payload_hash = sigv4.UNSIGNED_PAYLOAD if self._filters_body else hashlib.sha256(buffered).hexdigest()
@@ -226,7 +232,6 @@ class Pipeline:
     # -- forwarding and streaming ----------------------------------------------------------
 
     async def _forward(self, ctx: RequestContext) -> None:
-        up = ctx.upstream
         data = ctx.body
         zero_copy = None
         if data is not None:  # only now, authenticated and authorized, may the client send it
@@ -234,8 +239,7 @@ class Pipeline:
             zero_copy = spliced.request_body(ctx)
             data = zero_copy or ctx.body
         try:
-            upstream = await self.pool.request(ctx.backend, up.method, up.url, headers=up.headers,
-                                               data=data)
+            upstream = await self.pool.send(ctx.backend, ctx.upstream, data)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             if zero_copy is not None:
                 spliced.body_done(ctx, zero_copy, exc)
@@ -260,10 +264,14 @@ class Pipeline:
         return errors.BadGateway()
 
     async def _relay_response(self, ctx: RequestContext, upstream: aiohttp.ClientResponse) -> None:
-        headers = response_headers(upstream.headers.items())
-        chunks = await self._renamed_xml(ctx, upstream, headers)  # None: the body passes untouched
-        if self._has_response_filter:
-            await self.hooks.response_filter(ctx, upstream.status, headers)
+        chunks = None  # None: the body passes untouched
+        if self._has_response_filter or ctx.backend.bucket is not None:
+            headers = response_headers(upstream.headers.items())  # a list to edit
+            chunks = await self._renamed_xml(ctx, upstream, headers)
+            if self._has_response_filter:
+                await self.hooks.response_filter(ctx, upstream.status, headers)
+        else:  # passed as they came: the writer drops hop-by-hop headers itself
+            headers = upstream.headers.items()
         writer = ctx.request.writer
         try:
             writer.head(upstream.status, upstream.reason, headers,
@@ -279,8 +287,8 @@ class Pipeline:
                     # A small answer that arrived whole with its head: one write, no read loop.
                     data = content.read_nowait()
                     ctx.bytes_out += len(data)
-                    await writer.write(data)
-                    await writer.finish()
+                    if writer.end(data):
+                        await writer.drain()
                     return
                 if self._splice_responses and await spliced.relay_response(ctx, upstream, writer):
                     return
@@ -350,8 +358,12 @@ class Pipeline:
         # request: the connection closes after this answer (inproxy.front).
         return response
 
+    @property
+    def _logs_requests(self) -> bool:
+        return log.isEnabledFor(logging.INFO)  # the line's arguments cost on every request
+
     async def _logging(self, ctx: RequestContext) -> None:
-        if log.isEnabledFor(logging.INFO):  # the line's arguments cost on every request
+        if self._logs_requests:
             self._log_line(ctx)
         if not self._has_logging_hook:
             return

@@ -11,13 +11,17 @@ instead.  Both answer :meth:`UpstreamPool.request` with an object that has ``sta
 from __future__ import annotations
 
 import ssl
-from typing import Any, AsyncIterable, Awaitable, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterable, Awaitable, Mapping
 
 import aiohttp
 from yarl import URL
 
 from .backend import Backend
 from .upstream_client import ConnectionPool
+
+if TYPE_CHECKING:
+    from .context import UpstreamRequest
+    from .upstream_client import SpliceBody
 
 CLIENTS = ("lean", "aiohttp")
 
@@ -44,6 +48,17 @@ class UpstreamPool:
             pool = ConnectionPool.for_backend(backend) if self.client == "lean" else _AiohttpPool(self.session(backend))
             entry = self._pools[id(backend)] = (backend, pool)
         return entry[1].request(method, url, headers, data)
+
+    def send(self, backend: Backend, upstream: "UpstreamRequest",
+             data: "AsyncIterable[bytes] | SpliceBody | None" = None) -> Awaitable[Any]:
+        """Send ``ctx.upstream`` (signed) to ``backend``, like :meth:`request`."""
+        # The lean pool connects to the backend's own host:port: when the Host header names
+        # that too, the origin-form target spares building a URL only to take it apart again.
+        if self.client == "lean" and upstream.host == backend.netloc:
+            url = upstream.target
+        else:
+            url = upstream.url
+        return self.request(backend, upstream.method, url, headers=upstream.headers, data=data)
 
     def session(self, backend: Backend) -> aiohttp.ClientSession:
         """An aiohttp session for a backend, created on first use inside the running loop."""

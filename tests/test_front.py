@@ -156,6 +156,10 @@ def chunked_pieces() -> list[bytes]:
     return [bytes([65 + i]) * (40 * KiB + i) for i in range(5)]  # 5 distinguishable pieces, ~200 KiB
 
 
+HOP_BY_HOP_ANSWER = {"Keep-Alive": "timeout=5", "Upgrade": "h2c", "Trailer": "X-Checksum",
+                     "Proxy-Authenticate": "Basic", "TE": "trailers"}
+
+
 @dataclass
 class AppBackend:
     """aiohttp ``web.Server`` on loopback.  By the last path segment: ``chunked`` answers
@@ -178,6 +182,8 @@ class AppBackend:
                 await asyncio.sleep(0.02)
             await response.write_eof()
             return response
+        if name == "hop-by-hop":  # what a backend may say about its own connection only
+            return web.Response(body=b"hop", headers={**HOP_BY_HOP_ANSWER, "X-Amz-Meta-Kept": "yes"})
         if name.startswith("slow"):
             self.slow_started.set()
             await asyncio.sleep(SLOW)
@@ -319,6 +325,25 @@ async def test_chunked_backend_answer_reaches_http10_client_close_delimited_and_
         response = await read_response(reader)
         assert response.status == 200 and response.framing == "close" and response.closes
         assert response.body == b"".join(chunked_pieces())
+
+
+class _ResponseFilter(ProxyHooks):
+    async def response_filter(self, ctx, status, headers):
+        headers.append(("X-Filtered", "1"))
+
+
+@pytest.mark.parametrize("hooks", [None, _ResponseFilter()], ids=["no-hook", "response-filter"])
+async def test_backend_hop_by_hop_headers_never_reach_the_client(hooks):
+    async with app_proxy(hooks=hooks) as (proxy, app), connection(proxy.port) as (reader, writer):
+        await send(writer, request_bytes(proxy.port, "GET", "/bkt/hop-by-hop"))
+        response = await read_response(reader)
+        assert response.status == 200 and response.body == b"hop" and not response.closes
+        names = {name for name, _ in response.headers}
+        assert not names & {n.lower() for n in HOP_BY_HOP_ANSWER}, response.headers
+        assert response.get("x-amz-meta-kept") == "yes"
+        assert response.get("x-filtered") == ("1" if hooks else None)
+        await send(writer, request_bytes(proxy.port, "GET", "/bkt/after"))  # the connection goes on
+        assert (await read_response(reader)).body == b"body of /bkt/after"
 
 
 # == 4. a chunked request body from the client =====================================================

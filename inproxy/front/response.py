@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from aiohttp import HttpVersion11
 
+from ..s3.headers import RESPONSE_HOP_BY_HOP
 from ..splice import splice
 
 try:  # aiohttp's C head serializer: refuses control characters (header injection)
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
 
     from .protocol import FrontConnection
 
-# Framing headers are the writer's business: whatever a handler or backend says is replaced.
-_FRAMING = frozenset({"connection", "keep-alive", "transfer-encoding"})
+# Framing and other hop-by-hop headers are the writer's business: whatever a handler or a
+# backend says is dropped (RFC 9110 7.6.1), and the writer's own framing is sent.
+_FRAMING = frozenset(RESPONSE_HOP_BY_HOP)
 # A first body piece up to this size leaves in the same write as the head (one copy, one send).
 _JOIN_LIMIT = 64 * 1024
 
@@ -166,6 +168,32 @@ class ResponseWriter:
         await conn.drain_empty()
         self._remaining = remaining - count
         await splice(src_fd, dst_fd, count, timeout=timeout)
+
+    def end(self, data: bytes) -> bool:
+        """The last body piece and the end of the answer in one write (the head too, if it
+        is still held), without waiting: True when the caller should await :meth:`drain`."""
+        if self.finished:
+            raise RuntimeError("the response is finished")
+        remaining = self._remaining
+        if remaining is not None and len(data) != remaining:
+            if len(data) > remaining:
+                raise ValueError("more body bytes than the Content-Length of the response")
+            raise ConnectionError(f"response body ended {remaining - len(data)} bytes short of its Content-Length")
+        self._remaining = 0 if remaining is not None else None
+        self.finished = True
+        if self._chunked:
+            data = b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n"
+        head, self._head = self._head, None
+        if head is not None:
+            data = head + data
+        if data:
+            self._conn.write(data)
+        return self._conn.write_paused
+
+    async def drain(self) -> None:
+        """Wait while the client's socket buffer is full."""
+        if self._conn.write_paused:
+            await self._conn.drain()
 
     async def finish(self) -> None:
         """End the body (raises when a Content-Length was promised and not met)."""

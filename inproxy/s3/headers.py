@@ -20,6 +20,8 @@ CLIENT_AUTH = frozenset({
 CHUNKED_FRAMING = frozenset({"x-amz-decoded-content-length", "x-amz-trailer", "x-amz-sdk-checksum-algorithm"})
 _DROPPED = HOP_BY_HOP | CLIENT_AUTH
 _DROPPED_DECODING = _DROPPED | CHUNKED_FRAMING
+# Connection tokens that are options, not names of headers to drop.
+_CONNECTION_OPTIONS = frozenset({"close", "keep-alive", ""})
 # Presigned-URL query parameters of the client's signature.
 PRESIGN_PARAMS = frozenset({
     "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
@@ -36,21 +38,20 @@ def forwarded_headers(headers: Iterable[tuple[str, str]], *, decoding_chunked: b
     Headers the client's ``Connection`` header names are hop-by-hop too (RFC 9110 7.6.1)."""
     dropped = _DROPPED_DECODING if decoding_chunked else _DROPPED
     out: dict[str, str] = {}
-    headers = list(headers)
-    for name, value in headers:
-        if name.lower() == "connection":
-            named = {token.strip().lower() for token in value.split(",")} - {"close", "keep-alive", ""}
-            if named:
-                dropped = dropped | (named - {"host"})
-    for name, value in headers:
+    named: set[str] = set()
+    for name, value in headers:  # one pass: this runs on every request
         lname = name.lower()
         if lname in dropped:
+            if lname == "connection":
+                named.update(token.strip().lower() for token in value.split(","))
             continue
         if lname == "content-encoding" and decoding_chunked:
             value = _without_aws_chunked(value)
             if not value:
                 continue
         out[lname] = f"{out[lname]},{value}" if lname in out else value
+    for token in named - _CONNECTION_OPTIONS:  # named before or after Connection itself
+        out.pop(token, None)
     return out
 
 
