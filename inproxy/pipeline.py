@@ -178,7 +178,8 @@ class Pipeline:
             headers.update(upstream_headers(self, ctx))
         encoded_key = sigv4.uri_encode(s3.key, keep_slash=True) if s3.key is not None else None
         host, path = backend.locate(s3.bucket, encoded_key)
-        query = s3.canonical_query(drop=PRESIGN_PARAMS)
+        # A presigned URL's own parameters are all its query, usually: nothing to canonicalise.
+        query = "" if s3.params.keys() <= PRESIGN_PARAMS else s3.canonical_query(drop=PRESIGN_PARAMS)
         ctx.body, ctx.body_length = self._request_body(ctx, chunked, client_hash)
         if ctx.body_length is not None and (ctx.body is not None or request.method in ("PUT", "POST")):
             headers["content-length"] = str(ctx.body_length)

@@ -6,12 +6,17 @@ an authorization bug, so the table below is meant to be exhaustive for what S3 c
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from inproxy import errors
 from inproxy.s3.operations import READ_OPERATIONS, classify
-from inproxy.s3.request import parse_s3_request
+from inproxy.s3.request import _decode_key, parse_s3_request
+from inproxy.s3.sigv4 import canonical_query_pairs
 
 
 def parse(method: str, target: str, *, host: str = "127.0.0.1:8000", headers=None, base_domains=()):
@@ -321,3 +326,61 @@ def test_headers_named_by_connection_are_not_forwarded():
 def test_only_listings_carry_a_prefix():
     assert parse("GET", "/bkt?list-type=2&prefix=a/").prefix == "a/"
     assert parse("GET", "/bkt/key?uploadId=1&prefix=a/").prefix is None  # ListParts has no prefix
+
+
+# -- the request record and its fast paths ------------------------------------------------------
+
+
+def test_the_request_record_is_immutable_and_hides_the_query():
+    s3 = parse("GET", "/bkt/k?X-Amz-Signature=secret&prefix=p")
+    for name in ("key", "bucket", "operation", "params", "canonical_query_pairs", "other"):
+        with pytest.raises(AttributeError):
+            setattr(s3, name, "changed")
+    with pytest.raises(AttributeError):
+        del s3.key
+    assert s3.key == "k" and " query=" not in repr(s3) and "params=" not in repr(s3)
+    assert s3 == parse("GET", "/bkt/k?X-Amz-Signature=secret&prefix=p")
+    assert s3 != parse("GET", "/bkt/k?X-Amz-Signature=other&prefix=p")
+    assert s3.canonical_query() == "X-Amz-Signature=secret&prefix=p"
+    assert s3.canonical_query(drop={"X-Amz-Signature"}) == "prefix=p"
+
+
+query_names = st.sampled_from(["a", "b", "prefix", "uploads", "tagging", "acl", "versionId", "a%20b", "a+b"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(query_names, st.sampled_from(["", "1", "2", "x%2Fy"])), max_size=6))
+def test_params_are_the_first_value_of_each_name_in_order(pairs):
+    raw_query = "&".join(f"{n}={v}" for n, v in pairs)
+    s3 = parse("GET", f"/bkt?{raw_query}")
+    first: dict[str, str] = {}
+    for name, value in s3.query:
+        first.setdefault(name, value)
+    assert list(s3.params.items()) == list(first.items())  # values and order (classify reads in order)
+    assert s3.canonical_query_pairs == canonical_query_pairs(raw_query)
+
+
+def _decoded_key_as_first_written(raw_key: str) -> str:
+    try:
+        key = unquote(raw_key, errors="strict")
+    except UnicodeDecodeError:
+        raise errors.InvalidURI("The key is not valid percent-encoded UTF-8.") from None
+    if any(segment in (".", "..") for segment in key.split("/")):
+        raise errors.InvalidURI("Keys with '.' or '..' path segments are not supported by this proxy.")
+    if "\x00" in key:
+        raise errors.InvalidURI()
+    return key
+
+
+def _outcome(call):
+    try:
+        return call()
+    except errors.S3Error as exc:
+        return type(exc), str(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["a", ".", "..", "/", "%2E", "%2e", "%2F", "%00", "\x00", "%C3%BC", "%C3", "%ff",
+                                 "%", "%z", "ü", "+", "..."]), min_size=1, max_size=8).map("".join))
+def test_keys_decode_as_first_written(raw_key):
+    assert _outcome(lambda: _decode_key(raw_key)) == _outcome(lambda: _decoded_key_as_first_written(raw_key))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import string
 import time
@@ -723,3 +724,198 @@ def test_timing_against_botocore(capsys):
     with capsys.disabled():
         print(f"\n[sigv4 timing] Signer.sign {ours_us:.2f} us (canonical query given: {canonical_us:.2f} us), "
               f"botocore S3SigV4Auth.add_auth {theirs_us:.2f} us, ratio {theirs_us / ours_us:.1f}x")
+
+
+# --------------------------------------------------------------------------------------------
+# Fast paths agree with the general code they shortcut (each would fail if the shortcut
+# were wrong: the strategies are biased towards the inputs that separate them).
+# --------------------------------------------------------------------------------------------
+
+# Text made mostly of escapes: valid ASCII ones (both cases), escapes of non-ASCII bytes,
+# truncated and invalid escapes, '+', '/', non-ASCII characters.
+escapy_text = st.lists(st.sampled_from(
+    ["%2F", "%2f", "%41", "%7e", "%7F", "%00", "%25", "%e2%82", "%E2%82%AC", "%C3", "%ff", "%", "%z", "%zz",
+     "%2", "%%", "+", "/", "a", "Z", "0", "F", "é", "€", "\x00", " ", "=", "&"]) | st.text(max_size=3),
+    max_size=12).map("".join)
+
+
+@FUZZ
+@given(escapy_text)
+def test_fast_unquote_is_unquote(value):
+    assert sigv4.fast_unquote(value) == unquote(value)
+    try:
+        expected = unquote(value, errors="strict")
+    except UnicodeDecodeError:
+        with pytest.raises(UnicodeDecodeError):
+            sigv4.fast_unquote(value, errors="strict")
+    else:
+        assert sigv4.fast_unquote(value, errors="strict") == expected
+
+
+@FUZZ
+@given(st.lists(st.tuples(escapy_text, escapy_text), max_size=6), st.booleans())
+def test_parse_query_decodes_like_unquote(pairs, with_plus):
+    raw = "&".join(f"{n.replace('&', '').replace('=', '')}={v.replace('&', '')}" for n, v in pairs)
+    if not with_plus:
+        raw = raw.replace("+", "")
+    expected = [(unquote(n.replace("+", " ")), unquote(v.replace("+", " ")))
+                for n, _, v in (p.partition("=") for p in raw.split("&") if p)]
+    assert parse_query(raw) == expected
+    pieces = sigv4.split_query(raw)
+    assert parse_query(raw, pieces) == expected
+    assert sigv4.canonical_query_pairs(raw, pieces) == sigv4.canonical_query_pairs(raw)
+
+
+# The canonical-form recognisers as first written (alternation, no possessive quantifiers):
+# the unrolled possessive forms must accept exactly the same strings.
+_KEPT = sigv4._KEPT_ESCAPE
+_PLAIN_COMPONENT = rf"(?:[A-Za-z0-9\-._~]+|{_KEPT})*"
+_PLAIN_QUERY = re.compile(rf"{_PLAIN_COMPONENT}(?:={_PLAIN_COMPONENT})?(?:&{_PLAIN_COMPONENT}(?:={_PLAIN_COMPONENT})?)*")
+_PLAIN_PATH = re.compile(rf"(?:[A-Za-z0-9\-._~/]+|{_KEPT})*")
+canonicalish = st.lists(st.sampled_from(
+    ["%2F", "%2f", "%41", "%20", "%7E", "%5B", "%25", "%E2%82%AC", "%", "%2", "a", "-", "~", "/", "=", "&", "==",
+     "&&", "+", " ", "é"]), max_size=12).map("".join)
+
+
+@FUZZ
+@given(canonicalish)
+def test_canonical_recognisers_match_their_plain_form(value):
+    assert bool(sigv4._is_canonical_query(value)) == bool(_PLAIN_QUERY.fullmatch(value))
+    assert bool(sigv4._is_canonical_component(value)) == bool(re.fullmatch(_PLAIN_COMPONENT, value))
+    assert bool(sigv4._is_canonical_path(value)) == bool(_PLAIN_PATH.fullmatch(value))
+
+
+date_like = st.one_of(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)).map(
+        lambda d: f"{d.year:04d}{d.month:02d}{d.day:02d}T{d.hour:02d}{d.minute:02d}{d.second:02d}Z"),
+    st.tuples(st.integers(0, 10000), st.integers(0, 13), st.integers(0, 32), st.integers(0, 24),
+              st.integers(0, 60), st.integers(0, 60)).map(lambda p: "%04d%02d%02dT%02d%02d%02dZ" % p),
+    st.text(st.sampled_from("0123456789TZ\u0661 "), max_size=17), any_text)
+
+
+@FUZZ
+@given(date_like)
+def test_amz_date_seconds_is_parse_amz_date_timestamp(value):
+    try:
+        expected = parse_amz_date(value).timestamp()
+    except AccessDenied:
+        with pytest.raises(AccessDenied):
+            sigv4.amz_date_seconds(value)
+    else:
+        assert sigv4.amz_date_seconds(value) == expected
+
+
+CREDENTIAL_PARTS = (
+    ["AKID", "a/b", "", "\u00e9", "x" * 256, "x" * 257, "A K"],
+    ["20130524", "20240229", "20230229", "00000101", "2013052", "201305240", "\u0662\u00660130524"],
+    ["us-east-1", "", "-x", "a" * 64, "a" * 65, "eu_west.3"],
+    ["s3", "S3", "s3!", ""],
+    ["aws4_request", "aws4_request ", "aws4", ""],
+)
+# Every calendar edge: years 0 (invalid), leap and not, months 0-13, days 0-32.
+CREDENTIAL_DATES = ["%04d%02d%02d" % (y, m, d) for y in (0, 1, 1900, 2000, 2023, 2024, 9999)
+                    for m in range(14) for d in range(33)]
+
+
+def _outcome(call):
+    try:
+        return call()
+    except InvalidArgument as exc:
+        return exc.code, str(exc)
+
+
+def test_credential_fast_match_agrees_with_the_checks():
+    error = sigv4._query_error
+    combinations = [*itertools.product(*CREDENTIAL_PARTS),
+                    *(("AKID", date, "us-east-1", "s3", "aws4_request") for date in CREDENTIAL_DATES)]
+    for parts in combinations:
+        value = "/".join(parts)
+        assert _outcome(lambda: sigv4._parse_credential(value, error)) == \
+            _outcome(lambda: sigv4._checked_credential(value, error)), value
+
+
+@FUZZ
+@given(any_text)
+def test_credential_fast_match_agrees_on_any_text(value):
+    error = sigv4._query_error
+    assert _outcome(lambda: sigv4._parse_credential(value, error)) == \
+        _outcome(lambda: sigv4._checked_credential(value, error))
+
+
+def _signed_headers_as_first_written(value, error):
+    names = tuple(value.split(";"))
+    if not all(re.fullmatch(r"[a-z0-9!#$%&'*+.^_`|~-]{1,256}", n) for n in names):
+        raise error("SignedHeaders must be lower-case header names separated by ';'.")
+    if len(set(names)) != len(names):
+        raise error("SignedHeaders lists a header twice.")
+    if "host" not in names:
+        raise error("SignedHeaders must include host.")
+    return names
+
+
+@FUZZ
+@given(st.one_of(st.lists(st.sampled_from(["host", "x-amz-date", "Host", "", "a b", "é", "h" * 257, "host;"]),
+                          max_size=4).map(";".join), any_text))
+def test_signed_headers_parse_as_first_written(value):
+    error = sigv4._query_error
+    assert _outcome(lambda: sigv4._parse_signed_headers(value, error)) == \
+        _outcome(lambda: _signed_headers_as_first_written(value, error))
+
+
+header_names = st.sampled_from(["host", "Host", "HOST", "x-amz-date", "X-Amz-Date", "x-amz-meta-a"])
+
+
+@FUZZ
+@given(st.lists(st.tuples(header_names, st.text(st.sampled_from("ab \t\n,"), max_size=5)), max_size=6),
+       st.sampled_from(["host", "x-amz-date"]), st.sampled_from(["x-amz-meta-a", "absent"]))
+def test_one_signed_header_is_the_general_block_for_it(headers, name, other):
+    # canonical_headers has its own path for a single name; two names take the general one.
+    assert canonical_headers(headers, [name, other]) == \
+        canonical_headers(headers, [name]) + canonical_headers(headers, [other])
+
+
+def test_parsed_presign_is_an_immutable_record():
+    parsed = parse_presigned_query(_presign_pairs())
+    assert parsed.amz_seconds == S3_TIME.timestamp() and parsed.timestamp == S3_TIME
+    assert parsed.timestamp.tzinfo is not None
+    assert parsed.scope == "20130524/us-east-1/s3/aws4_request" and parsed.signed_headers_str == "host"
+    with pytest.raises(AttributeError):
+        parsed.access_key = "other"
+    with pytest.raises(AttributeError):
+        parsed.anything = 1
+    auth = parse_authorization_header(GOOD_AUTH)
+    with pytest.raises(AttributeError):
+        auth.signature = "0" * 64
+
+
+# -- no catastrophic backtracking on what a client sends ------------------------------------------
+
+# Inputs that almost match the canonical-form patterns and fail at their very end: a pattern
+# with a nested quantifier ((?:[...]+|escape)*, as these were once) backtracks exponentially
+# on them (26 characters took seconds, 40 would take hours), on the event loop, before the
+# signature is checked.  Each must be a linear scan, also at the size of a whole request line.
+_ADVERSARIAL = {
+    "canonical_uri": "sigv4.canonical_uri('/' + 'a' * N + '%20!')",
+    "canonical_query_pairs": "sigv4.canonical_query_pairs('x=' + 'a' * N + '%20!')",
+    "canonical query, one piece": "sigv4.canonical_query_pairs('a' * N + '%2F=' + 'b' * N + '%zz')",
+    "canonical query, many pieces": "sigv4.canonical_query_pairs('&'.join(['a=b'] * (N // 4)) + '=!')",
+    "signed headers": "sigv4._parse_signed_headers(';'.join(['a' * 200] * (N // 200)) + ';A', InvalidArgument)",
+}
+
+
+@pytest.mark.parametrize("case", sorted(_ADVERSARIAL))
+@pytest.mark.parametrize("size", [26, 16 * 1024])
+def test_client_input_never_backtracks_catastrophically(case, size):
+    # In a subprocess with a deadline: a regression must fail, not hang the suite.
+    import subprocess
+    import sys
+    code = ("import time\nfrom inproxy.s3 import sigv4\nfrom inproxy.errors import InvalidArgument\n"
+            f"N = {size}\nstart = time.perf_counter()\n"
+            f"try:\n    {_ADVERSARIAL[case]}\nexcept InvalidArgument:\n    pass\n"
+            "print(time.perf_counter() - start)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{case} on {size} characters ran for more than 30 s")
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 1.0, f"{case} on {size} characters took {float(done.stdout):.2f} s"

@@ -6,9 +6,12 @@ proxy must accept every one of them, and refuse each after any one signed part c
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.client
 import threading
+from datetime import datetime, timezone
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
@@ -18,8 +21,13 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict
 
-from inproxy import AllowAll, Backend, ProxyServer
+from inproxy import AllowAll, Backend, ProxyServer, errors
+from inproxy.auth.sigv4 import SigV4Authenticator, StaticKeys
+from inproxy.context import RequestContext
+from inproxy.s3.request import parse_s3_request
+from inproxy.s3.sigv4 import Signer
 
 AK, SK = "AKIDVERIFYTEST", "secret/with+special=chars"
 _KEY_CHARS = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"))
@@ -161,3 +169,81 @@ def test_sha256_of_the_fixture_secret_never_appears(proxy):
     status, payload = _send(proxy, request)
     assert status == 403 and b"SignatureDoesNotMatch" in payload
     assert SK.encode() not in payload and hashlib.sha256(SK.encode()).hexdigest().encode() not in payload
+
+
+# -- the authenticator on its own: presigned URLs, key stores, the path fallback ----------------
+
+PRESIGN_TIME = datetime(2026, 11, 27, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def _presigned_ctx(path: str, *, signed_path: str | None = None, expires: int = 300, secret: str = SK,
+                   headers: dict[str, str] | None = None) -> RequestContext:
+    """A request for ``path`` presigned by inproxy's Signer (botocore-identical, see test_sigv4)
+    for ``signed_path`` (the path as the client signed it; default ``path``)."""
+    host = "proxy.test:8080"
+    query = Signer().presign_url_query("GET", signed_path or path, host, "versionId=1", access_key=AK,
+                                       secret_key=secret, region="us-east-1", expires_in=expires,
+                                       now=PRESIGN_TIME)
+    request = SimpleNamespace(method="GET", headers=CIMultiDict({"Host": host, "User-Agent": "t", **(headers or {})}))
+    ctx = RequestContext(request)
+    ctx.s3 = parse_s3_request("GET", path, query, host, request.headers)
+    return ctx
+
+
+def _authenticate(authenticator: SigV4Authenticator, ctx: RequestContext):
+    return asyncio.run(authenticator.authenticate(ctx))
+
+
+def _authenticator(keys=None, *, at: float = PRESIGN_TIME.timestamp(), **kw) -> SigV4Authenticator:
+    return SigV4Authenticator({AK: SK} if keys is None else keys, clock=lambda: at, **kw)
+
+
+def test_presigned_url_is_valid_from_its_date_for_its_expiry():
+    start = PRESIGN_TIME.timestamp()
+    for at in (start - 900, start, start + 300):
+        assert _authenticate(_authenticator(at=at), _presigned_ctx("/bkt/k")).name == AK
+    with pytest.raises(errors.AccessDenied, match="not yet valid"):
+        _authenticate(_authenticator(at=start - 901), _presigned_ctx("/bkt/k"))
+    with pytest.raises(errors.AccessDenied, match="expired"):
+        _authenticate(_authenticator(at=start + 301), _presigned_ctx("/bkt/k"))
+
+
+def test_presigned_signature_covers_secret_path_and_host_header():
+    with pytest.raises(errors.SignatureDoesNotMatch):
+        _authenticate(_authenticator(), _presigned_ctx("/bkt/k", secret="other"))
+    with pytest.raises(errors.SignatureDoesNotMatch):
+        _authenticate(_authenticator(), _presigned_ctx("/bkt/k", signed_path="/bkt/j"))
+    ctx = _presigned_ctx("/bkt/k")
+    ctx.request.headers["Host"] = "other.test"
+    with pytest.raises(errors.SignatureDoesNotMatch):
+        _authenticate(_authenticator(), ctx)
+
+
+def test_a_path_sent_unencoded_may_be_signed_encoded():
+    # '!' and '(' sent as is, signed as %21 and %28 (what SDKs sign); either form verifies.
+    assert _authenticate(_authenticator(), _presigned_ctx("/bkt/a!(b", signed_path="/bkt/a%21%28b")).name == AK
+    assert _authenticate(_authenticator(), _presigned_ctx("/bkt/a!(b")).name == AK
+    with pytest.raises(errors.SignatureDoesNotMatch) as info:
+        _authenticate(_authenticator(), _presigned_ctx("/bkt/a!(b", signed_path="/bkt/other"))
+    # the error shows the last form tried: the canonical one
+    assert info.value.extra["CanonicalRequest"].startswith("GET\n/bkt/a%21%28b\n")
+    assert info.value.extra["AWSAccessKeyId"] == AK
+
+
+def test_key_stores_are_asked_as_they_say():
+    class Revoked(StaticKeys):  # a StaticKeys subclass may answer otherwise: it must be asked
+        async def lookup(self, access_key):
+            return None
+
+    with pytest.raises(errors.InvalidAccessKeyId):
+        _authenticate(_authenticator(Revoked({AK: SK})), _presigned_ctx("/bkt/k"))
+    with pytest.raises(errors.InvalidAccessKeyId):
+        _authenticate(_authenticator({"other": SK}), _presigned_ctx("/bkt/k"))
+    asked = []
+
+    def lookup(access_key):
+        asked.append(access_key)
+        return SK
+
+    assert _authenticate(_authenticator(lookup), _presigned_ctx("/bkt/k")).name == AK and asked == [AK]
+    assert _authenticate(_authenticator(StaticKeys({AK: SK})), _presigned_ctx("/bkt/k")).name == AK

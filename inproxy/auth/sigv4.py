@@ -43,6 +43,10 @@ class StaticKeys(KeyStore):
     async def lookup(self, access_key: str) -> "tuple[str, Identity] | None":
         return self._keys.get(access_key)
 
+    def lookup_now(self, access_key: str) -> "tuple[str, Identity] | None":
+        """:meth:`lookup` without a coroutine: the map is in memory."""
+        return self._keys.get(access_key)
+
 
 class _FunctionKeyStore(KeyStore):
     def __init__(self, fn: Callable[[str], Any]) -> None:
@@ -134,7 +138,9 @@ class SigV4Authenticator(Authenticator):
         if payload_hash is None:
             raise errors.InvalidRequest("Missing required header for this request: x-amz-content-sha256")
         self._check_skew(when)  # before the key lookup: a stale or replayed request costs nothing more
-        secret, identity = await self._secret(auth.access_key, headers.get("x-amz-security-token"))
+        token = headers.get("x-amz-security-token")
+        secret, identity = (self._secret_at_hand(auth.access_key, token)
+                            or await self._looked_up_secret(auth.access_key))
         query = ctx.s3.canonical_query()
         key = self._check_signature(ctx, secret, auth, amz_date, query, payload_hash)
         if payload_hash.startswith(sigv4.STREAMING_PAYLOAD):  # with or without -TRAILER
@@ -144,12 +150,13 @@ class SigV4Authenticator(Authenticator):
     async def _verify_presigned(self, ctx: "RequestContext") -> Identity:
         presign = sigv4.parse_presigned_query(ctx.s3.query)
         now = self.clock()
-        start = presign.timestamp.timestamp()
+        start = presign.amz_seconds
         if now < start - self.max_skew:
             raise errors.AccessDenied("Request is not yet valid.")
         if now > start + presign.expires:
             raise errors.AccessDenied("Request has expired")
-        secret, identity = await self._secret(presign.access_key, presign.security_token)
+        secret, identity = (self._secret_at_hand(presign.access_key, presign.security_token)
+                            or await self._looked_up_secret(presign.access_key))
         query = ctx.s3.canonical_query(drop=_SIGNATURE_PARAM)
         payload_hash = ctx.s3.params.get("X-Amz-Content-Sha256") or sigv4.UNSIGNED_PAYLOAD
         self._check_signature(ctx, secret, presign, presign.amz_date, query, payload_hash)
@@ -157,8 +164,8 @@ class SigV4Authenticator(Authenticator):
 
     def _request_time(self, headers: Mapping[str, str]) -> tuple[str, float]:
         if "x-amz-date" in headers:
-            when = sigv4.parse_amz_date(headers["x-amz-date"])
-            return headers["x-amz-date"], when.timestamp()
+            amz_date = headers["x-amz-date"]
+            return amz_date, sigv4.amz_date_seconds(amz_date)
         if "date" in headers:
             when = sigv4.parse_http_date(headers["date"])
             return sigv4.format_amz_date(when), when.timestamp()
@@ -174,21 +181,45 @@ class SigV4Authenticator(Authenticator):
         sent characters unencoded but signed them encoded)."""
         request = ctx.request
         key = self.signer.signing_key(secret, auth.date, auth.region, auth.service)
-        headers_block = sigv4.canonical_headers(_headers_for_signing(request), auth.signed_headers)
-        for path in _candidate_paths(ctx.s3.raw_path):
-            canonical = sigv4.canonical_request(request.method, path, query, headers_block,
-                                                auth.signed_headers, payload_hash)
-            to_sign = sigv4.string_to_sign(amz_date, auth.scope, canonical)
+        # canonical_headers lower-cases the names itself: the client's Host, as sent.
+        headers_block = sigv4.canonical_headers(request.headers, auth.signed_headers)
+        # Everything but the path, once: the canonical request is ``{method}\n{path}{rest}``.
+        rest = f"\n{query}\n{headers_block}\n{auth.signed_headers_str}\n{payload_hash}"
+        scope = auth.scope
+        raw_path = ctx.s3.raw_path
+        canonical = f"{request.method}\n{raw_path}{rest}"
+        to_sign = sigv4.string_to_sign(amz_date, scope, canonical)
+        if sigv4.signatures_equal(self.signer.signature(key, to_sign), auth.signature):
+            return key
+        normalised = sigv4.canonical_uri(raw_path)
+        if normalised != raw_path:  # a client that sent characters unencoded but signed them encoded
+            canonical = f"{request.method}\n{normalised}{rest}"
+            to_sign = sigv4.string_to_sign(amz_date, scope, canonical)
             if sigv4.signatures_equal(self.signer.signature(key, to_sign), auth.signature):
                 return key
         raise errors.SignatureDoesNotMatch(AWSAccessKeyId=auth.access_key, StringToSign=to_sign,
                                            CanonicalRequest=_redacted(canonical))
 
     async def _secret(self, access_key: str, session_token: str | None) -> "tuple[str, Identity]":
+        """The (secret, Identity) behind an access key (or a session token we issued)."""
+        return self._secret_at_hand(access_key, session_token) or await self._looked_up_secret(access_key)
+
+    def _secret_at_hand(self, access_key: str, session_token: str | None) -> "tuple[str, Identity] | None":
+        """The secret when no I/O can be involved (a session token we issued, a StaticKeys
+        map), without a coroutine; None when a key store must be awaited."""
         if self.issuer is not None and TokenIssuer.is_ours(session_token):
             return self.issuer.open(access_key, session_token, now=self.clock())
-        if self.keys is None:
+        keys = self.keys
+        if keys is None:
             raise errors.InvalidAccessKeyId()
+        if type(keys) is not StaticKeys:  # exactly: a subclass may override lookup
+            return None
+        found = keys.lookup_now(access_key)
+        if found is None:
+            raise errors.InvalidAccessKeyId()
+        return found
+
+    async def _looked_up_secret(self, access_key: str) -> "tuple[str, Identity]":
         found = await self._lookup(access_key)
         if found is None:
             raise errors.InvalidAccessKeyId()
@@ -208,14 +239,6 @@ class SigV4Authenticator(Authenticator):
 _QUERY_TOKEN = re.compile(r"(^|&)(X-Amz-Security-Token=)[^&]*")
 
 
-def _candidate_paths(raw_path: str):
-    """The raw path as sent, then (only if that fails) its canonical form."""
-    yield raw_path
-    normalised = sigv4.canonical_uri(raw_path)
-    if normalised != raw_path:
-        yield normalised
-
-
 def _redacted(canonical_request: str) -> str:
     """The canonical request for an error body, without the session token's value (a header
     of header auth, a query parameter of a presigned URL)."""
@@ -224,8 +247,3 @@ def _redacted(canonical_request: str) -> str:
         lines[2] = _QUERY_TOKEN.sub(r"\1\2<redacted>", lines[2])
     return "\n".join("x-amz-security-token:<redacted>" if line.startswith("x-amz-security-token:") else line
                      for line in lines)
-
-
-def _headers_for_signing(request) -> list[tuple[str, str]]:
-    """The request headers as signed by clients; Host is what the client sent."""
-    return [(name.lower(), value) for name, value in request.headers.items()]

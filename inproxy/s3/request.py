@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Mapping, Sequence
-from urllib.parse import unquote
 
 from ..errors import InvalidBucketName, InvalidURI, MethodNotAllowed
 from .operations import LISTING_OPERATIONS, classify
-from .sigv4 import canonical_query_pairs, join_canonical_query, parse_query
+from .sigv4 import QueryPieces, canonical_query_pairs, fast_unquote, join_canonical_query, parse_query, split_query
 
 # Lenient on purpose (legacy S3 allowed upper case and underscores), strict about what
 # could confuse a path: no slashes, no percent signs, no dot-only names.
@@ -18,7 +16,7 @@ _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 _METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class S3Request:
     """What a request asks of S3.
 
@@ -39,15 +37,29 @@ class S3Request:
     operation: str
     addressing: str  # "path" or "virtual"
 
+    def __init__(self, method: str, bucket: str | None, key: str | None, raw_key: str | None,
+                 raw_path: str, raw_query: str, query: Sequence[tuple[str, str]],
+                 params: Mapping[str, str], operation: str, addressing: str, *,
+                 query_pieces: QueryPieces | None = None) -> None:
+        # Frozen, so the fields go straight into the instance dict: one update instead of
+        # one object.__setattr__ per field.
+        vars(self).update(method=method, bucket=bucket, key=key, raw_key=raw_key, raw_path=raw_path,
+                          raw_query=raw_query, query=query, params=params, operation=operation,
+                          addressing=addressing, _query_pieces=query_pieces)
+
     @property
     def prefix(self) -> str | None:
         """The listing prefix of ListObjects(V2)/ListObjectVersions/ListMultipartUploads."""
         return self.params.get("prefix") if self.operation in LISTING_OPERATIONS else None
 
-    @cached_property
+    @property
     def canonical_query_pairs(self) -> list[tuple[str, str, str]]:
         """The SigV4 canonical query pieces (computed once: verification and re-signing share them)."""
-        return canonical_query_pairs(self.raw_query)
+        # By hand, not functools.cached_property: on Python 3.11 that takes a lock per read.
+        pairs = vars(self).get("_canonical_pairs")
+        if pairs is None:
+            pairs = vars(self)["_canonical_pairs"] = canonical_query_pairs(self.raw_query, self._query_pieces)
+        return pairs
 
     def canonical_query(self, drop: "frozenset[str] | set[str]" = frozenset()) -> str:
         """The SigV4 canonical query string, without the parameters named in ``drop``."""
@@ -77,13 +89,23 @@ def parse_s3_request(method: str, raw_path: str, raw_query: str, host: str,
     if bucket is not None and not _BUCKET_RE.match(bucket):
         raise InvalidBucketName()
     key = _decode_key(raw_key) if raw_key is not None else None
-    query = parse_query(raw_query)
-    params: dict[str, str] = {}
-    for name, value in query:
-        params.setdefault(name, value)
+    pieces = split_query(raw_query)  # shared with canonical_query_pairs, later
+    query = parse_query(raw_query, pieces)
+    params = _first_values(query)
     operation = classify(method, bucket, key, params, headers)
     return S3Request(method, bucket, key, raw_key, raw_path, raw_query, tuple(query), params,
-                     operation, addressing)
+                     operation, addressing, query_pieces=pieces)
+
+
+def _first_values(query: list[tuple[str, str]]) -> dict[str, str]:
+    """``{name: first value}``, names in order of first appearance."""
+    params = dict(query)
+    if len(params) == len(query):  # no name repeated (the common case): dict() is it
+        return params
+    params = {}
+    for name, value in query:
+        params.setdefault(name, value)
+    return params
 
 
 def _virtual_host_bucket(host: str, base_domains: Sequence[str]) -> str | None:
@@ -120,10 +142,10 @@ def _decode_key(raw_key: str) -> str:
     backends normalise them, which would let ``/a/../b/k`` reach bucket ``b``.
     """
     try:
-        key = unquote(raw_key, errors="strict")
+        key = fast_unquote(raw_key, errors="strict")
     except UnicodeDecodeError:
         raise InvalidURI("The key is not valid percent-encoded UTF-8.") from None
-    if any(segment in (".", "..") for segment in key.split("/")):
+    if "." in key and any(segment in (".", "..") for segment in key.split("/")):
         raise InvalidURI("Keys with '.' or '..' path segments are not supported by this proxy.")
     if "\x00" in key:
         raise InvalidURI()

@@ -31,10 +31,9 @@ import hashlib
 import hmac
 import re
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date as _date, datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Collection, Iterable, Mapping, Sequence, Union
+from typing import Collection, Iterable, Mapping, NamedTuple, Sequence, Union
 from urllib.parse import quote_from_bytes, unquote, unquote_to_bytes
 
 from ..errors import AccessDenied, InvalidArgument
@@ -43,10 +42,10 @@ __all__ = [
     "ALGORITHM", "EMPTY_SHA256", "UNSIGNED_PAYLOAD", "STREAMING_PAYLOAD", "STREAMING_PAYLOAD_TRAILER",
     "STREAMING_UNSIGNED_PAYLOAD_TRAILER", "STREAMING_ECDSA_PAYLOAD", "STREAMING_ECDSA_PAYLOAD_TRAILER",
     "PAYLOAD_SENTINELS", "MAX_PRESIGN_EXPIRES", "PRESIGN_QUERY_PARAMS",
-    "uri_encode", "canonical_uri", "parse_query", "canonical_query_string", "canonical_headers",
+    "uri_encode", "canonical_uri", "split_query", "parse_query", "canonical_query_string", "canonical_headers",
     "canonical_request", "string_to_sign", "credential_scope", "derive_signing_key", "signature",
     "chunk_signature", "trailer_signature", "canonical_trailer", "signatures_equal", "is_sha256_hex",
-    "parse_amz_date", "format_amz_date", "parse_http_date",
+    "parse_amz_date", "amz_date_seconds", "format_amz_date", "fast_unquote", "parse_http_date",
     "ParsedAuth", "parse_authorization_header", "ParsedPresign", "parse_presigned_query", "Signer",
 ]
 
@@ -85,14 +84,18 @@ _MAX_AUTH_LENGTH = 8192
 # A percent escape that canonical form keeps: upper-case hex of a byte that is *not*
 # unreserved (escapes of A-Z a-z 0-9 - . _ ~ must be decoded, lower-case hex re-cased).
 _KEPT_ESCAPE = r"%(?:[0189A-F][0-9A-F]|2[0-9A-CF]|3[A-F]|[46]0|5[B-E]|7[B-DF])"
-_CANONICAL_COMPONENT = rf"(?:[A-Za-z0-9\-._~]+|{_KEPT_ESCAPE})*"
+# Unreserved runs and kept escapes, in any order.  Written as an unrolled loop with
+# possessive quantifiers: no alternative is ever tried twice, so one match costs about a
+# third of the plain ``(?:[...]+|escape)*`` form.  Possessive is safe because what follows
+# each repetition ('%', '=', '&' or the end) is never something it could have consumed.
+_CANONICAL_COMPONENT = rf"[A-Za-z0-9\-._~]*+(?:{_KEPT_ESCAPE}[A-Za-z0-9\-._~]*+)*+"
 _is_canonical_component = re.compile(_CANONICAL_COMPONENT).fullmatch
 # A whole query whose every name and value is canonical already (at most one '=' a piece):
 # one match instead of one per component, the common case (SDKs encode canonically).
 _is_canonical_query = re.compile(
-    rf"{_CANONICAL_COMPONENT}(?:={_CANONICAL_COMPONENT})?(?:&{_CANONICAL_COMPONENT}(?:={_CANONICAL_COMPONENT})?)*"
+    rf"{_CANONICAL_COMPONENT}(?:={_CANONICAL_COMPONENT})?+(?:&{_CANONICAL_COMPONENT}(?:={_CANONICAL_COMPONENT})?+)*+"
 ).fullmatch
-_is_canonical_path = re.compile(rf"(?:[A-Za-z0-9\-._~/]+|{_KEPT_ESCAPE})*").fullmatch
+_is_canonical_path = re.compile(rf"[A-Za-z0-9\-._~/]*+(?:{_KEPT_ESCAPE}[A-Za-z0-9\-._~/]*+)*+").fullmatch
 _is_unreserved = re.compile(r"[A-Za-z0-9\-._~]*").fullmatch
 _is_unreserved_path = re.compile(r"[A-Za-z0-9\-._~/]*").fullmatch
 
@@ -136,23 +139,62 @@ def canonical_uri(raw_path: str) -> str:
 
 # -- query strings --------------------------------------------------------------------------
 
-def parse_query(raw_query: str) -> list[tuple[str, str]]:
+# Every escape of an ASCII byte, upper- and lower-case hex: such an escape decodes to one
+# character whatever surrounds it, so a string made only of them and plain text decodes
+# piece by piece, without unquote's byte-level machinery (about five times slower).
+_ASCII_ESCAPES = {f"{byte:02{case}}": chr(byte) for byte in range(0x80) for case in "Xx"}
+
+
+def fast_unquote(value: str, errors: str = "replace") -> str:
+    """Exactly ``urllib.parse.unquote(value, errors=errors)``, quicker in the common cases:
+    no escape at all, only ``%2F`` (the slashes of ``X-Amz-Credential``), only escapes of
+    ASCII bytes (which decode alike whatever ``errors`` says).  Anything else (escapes of
+    non-ASCII bytes, stray ``%``) goes to ``unquote``."""
+    if "%" not in value:
+        return value
+    slashes_decoded = value.replace("%2F", "/")
+    if "%" not in slashes_decoded:  # every '%' began a %2F
+        return slashes_decoded
+    first, *rest = value.split("%")
+    try:
+        return first + "".join([_ASCII_ESCAPES[piece[:2]] + piece[2:] for piece in rest])
+    except KeyError:  # an escape of a non-ASCII byte, or no escape at all
+        return unquote(value, errors=errors)
+
+
+QueryPieces = list[tuple[str, str, str]]
+
+
+def split_query(raw_query: str) -> QueryPieces:
+    """The raw query split on ``&`` (empty pieces skipped), each piece split on its first
+    ``=``: what :func:`parse_query` and :func:`canonical_query_pairs` start from, so a
+    request that needs both splits once."""
+    return [piece.partition("=") for piece in raw_query.split("&") if piece] if raw_query else []
+
+
+def parse_query(raw_query: str, pieces: QueryPieces | None = None) -> list[tuple[str, str]]:
     """The decoded ``(name, value)`` pairs of a raw query string, in order: split on ``&``,
     empty pieces skipped, each split on its first ``=`` (a missing value is ``""``), both
     sides decoded like a form: ``+`` is a space, as S3 and the SDKs that send it (polars'
-    object_store) mean it; a literal plus arrives as ``%2B``."""
+    object_store) mean it; a literal plus arrives as ``%2B``.  ``pieces`` is
+    :func:`split_query` of ``raw_query`` if the caller has it already."""
     if not raw_query:
         return []
-    pieces = [piece.partition("=") for piece in raw_query.split("&") if piece]
-    if "%" not in raw_query and "+" not in raw_query:  # nothing to decode (the common case)
+    if pieces is None:
+        pieces = split_query(raw_query)
+    if "+" in raw_query:
+        return [(_decode_component(name), _decode_component(value)) for name, _, value in pieces]
+    if "%" not in raw_query:  # nothing to decode (the common case)
         return [(name, value) for name, _, value in pieces]
-    return [(_decode_component(name), _decode_component(value)) for name, _, value in pieces]
+    # Presigned URLs: only some components carry escapes; test inline rather than call.
+    return [(fast_unquote(name) if "%" in name else name, fast_unquote(value) if "%" in value else value)
+            for name, _, value in pieces]
 
 
 def _decode_component(raw: str) -> str:
     if "+" in raw:
         raw = raw.replace("+", " ")
-    return unquote(raw) if "%" in raw else raw
+    return fast_unquote(raw)
 
 
 def canonical_query_string(raw_query: str, *, drop: Collection[str] = ()) -> str:
@@ -167,18 +209,20 @@ def canonical_query_string(raw_query: str, *, drop: Collection[str] = ()) -> str
     return join_canonical_query(canonical_query_pairs(raw_query), drop=drop)
 
 
-def canonical_query_pairs(raw_query: str) -> list[tuple[str, str, str]]:
+def canonical_query_pairs(raw_query: str, pieces: QueryPieces | None = None) -> list[tuple[str, str, str]]:
     """The pieces of :func:`canonical_query_string`, computed once per request and joined
     as often as needed (the proxy verifies with one set of names and forwards another):
-    sorted ``(encoded name, encoded value, decoded name)`` triples."""
+    sorted ``(encoded name, encoded value, decoded name)`` triples.  ``pieces`` is
+    :func:`split_query` of ``raw_query`` if the caller has it already."""
     if not raw_query:
         return []
-    pieces = [piece.partition("=") for piece in raw_query.split("&") if piece]
+    if pieces is None:
+        pieces = split_query(raw_query)
     if _is_canonical_query(raw_query):
-        pairs = [(name, value, unquote(name) if "%" in name else name) for name, _, value in pieces]
+        pairs = [(name, value, fast_unquote(name) if "%" in name else name) for name, _, value in pieces]
     else:
         pairs = [(_canonical_component(name), _canonical_component(value),
-                  unquote(name) if "%" in name else name) for name, _, value in pieces]
+                  fast_unquote(name) if "%" in name else name) for name, _, value in pieces]
     pairs.sort()
     return pairs
 
@@ -212,6 +256,9 @@ def canonical_headers(headers: HeadersLike, signed: Sequence[str]) -> str:
     pairs; ``signed`` is the list of lower-case names (e.g. from ``SignedHeaders``).
     """
     items = headers.items() if hasattr(headers, "items") else headers
+    if len(signed) == 1:  # presigned URLs usually sign host alone: no set, no dict
+        only = signed[0]
+        return f"{only}:{','.join([_trim(value) for name, value in items if name.lower() == only])}\n"
     wanted = set(signed)
     found: dict[str, list[str]] = {}
     for name, value in items:
@@ -349,6 +396,27 @@ def parse_amz_date(value: str) -> datetime:
     raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header")
 
 
+_EPOCH_ORDINAL = _date(1970, 1, 1).toordinal()
+
+
+def amz_date_seconds(value: str) -> int:
+    """The POSIX time of ``YYYYMMDDTHHMMSSZ``: ``parse_amz_date(value).timestamp()`` without
+    building an aware datetime (the authenticator needs only the number); the same
+    :class:`AccessDenied` for the same invalid input."""
+    if isinstance(value, str) and _is_amz_date(value):
+        year, month_day = divmod(int(value[:8]), 10000)
+        hour, minute_second = divmod(int(value[9:15]), 10000)
+        minute, second = divmod(minute_second, 100)
+        if hour < 24 and minute < 60 and second < 60:
+            try:  # date() validates year, month and day as datetime() would
+                days = _date(year, *divmod(month_day, 100)).toordinal() - _EPOCH_ORDINAL
+            except ValueError:
+                pass
+            else:
+                return days * 86400 + hour * 3600 + minute * 60 + second
+    raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header")
+
+
 def format_amz_date(when: datetime) -> str:
     """``YYYYMMDDTHHMMSSZ`` of a datetime (naive means UTC)."""
     if when.tzinfo is not None:
@@ -374,9 +442,11 @@ def parse_http_date(value: str) -> datetime:
 # -- parsing the client's signature ---------------------------------------------------------
 
 _is_access_key = re.compile(r"[\x21-\x7e]{1,256}").fullmatch
-_is_scope_word = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}").fullmatch
+_SCOPE_WORD = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_is_scope_word = re.compile(_SCOPE_WORD).fullmatch
 _is_scope_date = re.compile(r"[0-9]{8}").fullmatch
-_is_header_name = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]{1,256}").fullmatch
+_HEADER_NAME = r"[a-z0-9!#$%&'*+.^_`|~-]{1,256}"
+_is_header_name_list = re.compile(rf"{_HEADER_NAME}+(?:;{_HEADER_NAME}+)*+").fullmatch
 _is_signature = re.compile(r"[0-9a-f]{64}").fullmatch
 
 
@@ -397,10 +467,9 @@ class _SignatureParts:
         return ";".join(self.signed_headers)
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedAuth(_SignatureParts):
-    """The parts of a SigV4 ``Authorization`` header."""
-
+# The parsed forms are named tuples: immutable like a frozen dataclass, but built in one
+# C call instead of one object.__setattr__ per field (a tenth of the cost).
+class _ParsedAuthFields(NamedTuple):
     access_key: str
     date: str  # YYYYMMDD, from the credential scope
     region: str
@@ -410,7 +479,32 @@ class ParsedAuth(_SignatureParts):
     signature: str  # 64 lower-case hex digits
 
 
+class ParsedAuth(_ParsedAuthFields, _SignatureParts):
+    """The parts of a SigV4 ``Authorization`` header."""
+
+    __slots__ = ()
+
+
+# A credential that _checked_credential accepts, in one match: the access key runs to the
+# fourth '/' from the end (the other parts have none, so the lazy match, which tries the
+# short access keys first instead of backtracking from the end, finds the same split),
+# years 0001-9999, days up to 28 (later days depend on the month and year: slow path).
+_match_common_credential = re.compile(
+    rf"([\x21-\x7e]{{1,256}}?)/((?!0000)[0-9]{{4}}(?:0[1-9]|1[0-2])(?:0[1-9]|1[0-9]|2[0-8]))"
+    rf"/({_SCOPE_WORD})/({_SCOPE_WORD})/{TERMINATOR}").fullmatch
+
+
 def _parse_credential(value: str, error) -> tuple[str, str, str, str, str]:
+    """``(access key, date, region, service, "aws4_request")`` of a ``Credential``; ``error``
+    (a message -> exception function) raised with the reason if it is malformed."""
+    match = _match_common_credential(value)
+    if match is not None:
+        return (*match.groups(), TERMINATOR)
+    return _checked_credential(value, error)
+
+
+def _checked_credential(value: str, error) -> tuple[str, str, str, str, str]:
+    # Every check in turn, for the precise error message (and the rare valid dates 29-31).
     parts = value.rsplit("/", 4)
     if len(parts) != 5:
         raise error("the Credential is malformed; expecting "
@@ -433,10 +527,15 @@ def _parse_credential(value: str, error) -> tuple[str, str, str, str, str]:
     return access_key, date, region, service, terminator
 
 
+_HOST_ONLY = ("host",)
+
+
 def _parse_signed_headers(value: str, error) -> tuple[str, ...]:
-    names = tuple(value.split(";"))
-    if not all(_is_header_name(n) for n in names):
+    if value == "host":  # what presigned URLs sign, usually
+        return _HOST_ONLY
+    if not _is_header_name_list(value):
         raise error("SignedHeaders must be lower-case header names separated by ';'.")
+    names = tuple(value.split(";"))
     if len(set(names)) != len(names):
         raise error("SignedHeaders lists a header twice.")
     if "host" not in names:
@@ -479,29 +578,37 @@ def parse_authorization_header(value: str) -> ParsedAuth:
     return ParsedAuth(access_key, date, region, service, terminator, signed, sig)
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedPresign(_SignatureParts):
-    """The SigV4 parameters of a presigned URL."""
-
+class _ParsedPresignFields(NamedTuple):
     access_key: str
     date: str  # YYYYMMDD, from the credential scope
     region: str
     service: str
     terminator: str
     amz_date: str  # X-Amz-Date, YYYYMMDDTHHMMSSZ
-    timestamp: datetime  # X-Amz-Date parsed (aware, UTC)
+    amz_seconds: int  # X-Amz-Date as POSIX seconds
     expires: int  # X-Amz-Expires, seconds, 1..604800
     signed_headers: tuple[str, ...]
     signature: str
     security_token: str | None
 
 
+class ParsedPresign(_ParsedPresignFields, _SignatureParts):
+    """The SigV4 parameters of a presigned URL."""
+
+    __slots__ = ()
+
+    @property
+    def timestamp(self) -> datetime:
+        """X-Amz-Date parsed (aware, UTC); built on demand, the authenticator uses ``amz_seconds``."""
+        return datetime.fromtimestamp(self.amz_seconds, timezone.utc)
+
+
 def _query_error(message: str) -> InvalidArgument:
     return InvalidArgument(message, code=_MALFORMED_QUERY)
 
 
-_REQUIRED_PRESIGN = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date",
-                     "X-Amz-SignedHeaders", "X-Amz-Expires")
+_REQUIRED_PRESIGN = frozenset({"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date",
+                               "X-Amz-SignedHeaders", "X-Amz-Expires"})
 
 
 def parse_presigned_query(pairs: Iterable[tuple[str, str]]) -> ParsedPresign:
@@ -517,7 +624,7 @@ def parse_presigned_query(pairs: Iterable[tuple[str, str]]) -> ParsedPresign:
             if name in found:
                 raise _query_error(f"{name} is given twice.")
             found[name] = value
-    if any(name not in found for name in _REQUIRED_PRESIGN):
+    if not found.keys() >= _REQUIRED_PRESIGN:
         raise _query_error("Query-string authentication version 4 requires the X-Amz-Algorithm, "
                            "X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, "
                            "and X-Amz-Expires parameters.")
@@ -526,7 +633,7 @@ def parse_presigned_query(pairs: Iterable[tuple[str, str]]) -> ParsedPresign:
     access_key, date, region, service, terminator = _parse_credential(found["X-Amz-Credential"], _query_error)
     amz_date = found["X-Amz-Date"]
     try:
-        timestamp = parse_amz_date(amz_date)
+        amz_seconds = amz_date_seconds(amz_date)
     except AccessDenied:
         raise _query_error("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"") from None
     if amz_date[:8] != date:
@@ -543,7 +650,7 @@ def parse_presigned_query(pairs: Iterable[tuple[str, str]]) -> ParsedPresign:
     sig = found["X-Amz-Signature"]
     if not _is_signature(sig):
         raise _query_error("X-Amz-Signature must be 64 lower-case hexadecimal digits.")
-    return ParsedPresign(access_key, date, region, service, terminator, amz_date, timestamp, seconds,
+    return ParsedPresign(access_key, date, region, service, terminator, amz_date, amz_seconds, seconds,
                          signed, sig, found.get("X-Amz-Security-Token"))
 
 
