@@ -155,16 +155,13 @@ def scoped_decisions(pipeline: "Pipeline") -> ScopedDecisions:
 
 # -- asking the authorizer --------------------------------------------------------------------
 
-_TIMEOUT = getattr(asyncio, "timeout", None)  # 3.11+
 _NOT_CACHED = object()
 
 
 async def _within(awaitable, seconds: float):
-    """Await with a deadline; asyncio.timeout (3.11+) costs a timer, wait_for a whole task."""
-    if _TIMEOUT is not None:
-        async with _TIMEOUT(seconds):
-            return await awaitable
-    return await asyncio.wait_for(awaitable, seconds)
+    """Await with a deadline (asyncio.timeout costs a timer, where wait_for costs a task)."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
 
 
 def known_decision(pipeline: "Pipeline", access: AccessRequest) -> bool | None:

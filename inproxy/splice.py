@@ -51,7 +51,7 @@ _GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIM
 
 
 def available() -> bool:
-    """True where :func:`splice` works: Linux with ``os.splice`` (Python >= 3.10)."""
+    """True where :func:`splice` works: Linux with ``os.splice``."""
     return sys.platform.startswith("linux") and _SPLICE is not None
 
 
@@ -92,7 +92,7 @@ async def splice(src_fd: int, dst_fd: int, count: int, *, timeout: float | None)
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     if not available():
-        raise OSError(errno.ENOSYS, "splice() needs Linux and Python >= 3.10")
+        raise OSError(errno.ENOSYS, "splice() needs Linux")
     if count == 0:
         return
     for fd in (src_fd, dst_fd):

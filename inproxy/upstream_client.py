@@ -59,7 +59,6 @@ import asyncio
 import collections
 import socket
 import ssl as ssl_module
-import sys
 from typing import Any, AsyncIterable, Mapping
 
 from aiohttp.client_exceptions import (
@@ -152,11 +151,6 @@ def _serialize_py(status_line: str, headers: Any) -> bytes:
 
 
 _serialize = _serialize_headers or _serialize_py
-
-if sys.version_info >= (3, 11):
-    _timeout = asyncio.timeout
-else:  # pragma: no cover - Python 3.10
-    _timeout = None
 
 
 class UpstreamResponse:
@@ -1064,11 +1058,9 @@ class ConnectionPool:
             try:
                 if self._connect_timeout is None:
                     _transport, conn = await connect
-                elif _timeout is not None:
-                    async with _timeout(self._connect_timeout):
+                else:
+                    async with asyncio.timeout(self._connect_timeout):
                         _transport, conn = await connect
-                else:  # pragma: no cover - Python 3.10
-                    _transport, conn = await asyncio.wait_for(connect, self._connect_timeout)
             except asyncio.TimeoutError as exc:
                 raise ConnectionTimeoutError(
                     f"Connection timeout to host {host}:{port}") from exc
