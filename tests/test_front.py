@@ -795,3 +795,48 @@ async def test_client_not_reading_its_answer_is_dropped_after_client_timeout(wee
             await send(writer, request_bytes(proxy.port, "GET", f"/{bucket}/small"))
             assert (await read_response(reader)).status == 200
     assert "has not read its answer" in caplog.text
+
+
+# == 9. ending an answer in one write (ResponseWriter.end) ===========================================
+
+
+@asynccontextmanager
+async def front_answering(answer) -> AsyncIterator[int]:
+    """A bare FrontServer whose handler is ``answer(writer)``: the writer's framing on the wire."""
+    from inproxy.front import FrontServer
+
+    async def handler(request):
+        answer(request.writer)
+        return None
+
+    server = FrontServer(handler)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        yield port
+    finally:
+        await server.stop(1.0, 1.0)
+
+
+@pytest.mark.parametrize("length", [None, "10"], ids=["chunked", "content-length"])
+async def test_end_sends_head_body_and_end_in_one_complete_answer(length):
+    headers = [("Content-Length", length)] if length else []
+    async with front_answering(lambda w: w.head(200, None, headers) or w.end(b"0123456789")) as port:
+        async with connection(port) as (reader, writer):
+            for _ in range(2):  # complete and framed: the connection carries the next request
+                await send(writer, b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+                response = await read_response(reader)
+                assert response.body == b"0123456789" and not response.closes
+                assert response.framing == ("length" if length else "chunked")
+
+
+@pytest.mark.parametrize("body", [b"short", b"0123456789-too-long"])
+async def test_end_never_sends_a_body_that_breaks_its_content_length(body, caplog):
+    # Nothing at all goes out (the head is held until the body): the connection is cut.
+    async with front_answering(lambda w: w.head(200, None, [("Content-Length", "10")]) or w.end(body)) as port:
+        async with connection(port) as (reader, writer):
+            await send(writer, b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+            try:
+                rest = await asyncio.wait_for(reader.read(), T)
+            except ConnectionResetError:
+                rest = b""
+            assert rest == b""
