@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Sequence
 from . import errors
 from .body import decoded_length, is_aws_chunked, once, read_all, send_continue, verified_body
 from .context import AccessRequest
-from .decisions import all_allowed, is_allowed, known_decision
+from .decisions import all_allowed, allowed_or_pending, is_allowed
 from .s3.multi import CopySource, check_content_md5, check_key, content_md5, parse_copy_source, parse_delete_request
 from .s3.operations import LISTING_OPERATIONS
 
@@ -75,10 +75,9 @@ async def authorize_request(pipeline: "Pipeline", ctx: "RequestContext") -> None
         _check_query(ctx)
     headers = ctx.request.headers
     copy_headers = headers.getall("x-amz-copy-source") if "x-amz-copy-source" in headers else ()
-    access = ctx.access
-    allowed = known_decision(pipeline, access)
-    if allowed is None:
-        allowed = await is_allowed(pipeline, access)
+    allowed = allowed_or_pending(pipeline, ctx.access)  # a cached answer costs no coroutine
+    if not isinstance(allowed, bool):
+        allowed = await allowed
     if not allowed:
         raise errors.AccessDenied()
     if copy_headers:

@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 
 from cachetools import LRUCache
 
@@ -31,7 +31,7 @@ from .secrets import Cached
 if TYPE_CHECKING:
     from .pipeline import Pipeline
 
-__all__ = ["ScopedDecisions", "all_allowed", "decision_cache_key", "is_allowed", "known_decision",
+__all__ = ["ScopedDecisions", "all_allowed", "allowed_or_pending", "decision_cache_key", "is_allowed",
            "scoped_decisions"]
 
 log = logging.getLogger("inproxy")
@@ -164,19 +164,21 @@ async def _within(awaitable, seconds: float):
         return await awaitable
 
 
-def known_decision(pipeline: "Pipeline", access: AccessRequest) -> bool | None:
-    """The answer for ``access`` without asking the authorizer: a scoped decision covering
-    it, or a fresh cached one (with ``cache_decisions`` on); None when it must be asked.
-    Synchronous: the common case of a request costs no coroutine."""
+def allowed_or_pending(pipeline: "Pipeline", access: AccessRequest) -> "bool | Awaitable[bool]":
+    """:func:`is_allowed` without a coroutine when no authorizer must be asked (a scoped
+    decision covers ``access``, or a fresh one is cached): the answer itself; otherwise an
+    awaitable of it.  The common case of a request then costs no coroutine."""
     identity_key = _identity_key(access.identity)  # claims digested once, for both lookups
     scoped = scoped_decisions(pipeline).lookup(access, identity_key)
     if scoped is not None:
         return scoped
-    if not pipeline.cache_decisions or pipeline.cache_decisions <= 0:
-        return None
     key = ("authz", pipeline.cache_namespace, decision_cache_key(access, identity_key))
-    found = pipeline.cache.get_fresh(key, _NOT_CACHED)
-    return None if found is _NOT_CACHED else found is True
+    default_ttl = max(0.0, float(pipeline.cache_decisions or 0))
+    if default_ttl > 0:
+        found = pipeline.cache.get_fresh(key, _NOT_CACHED)
+        if found is not _NOT_CACHED:
+            return found is True
+    return _decide(pipeline, access, key, default_ttl)
 
 
 async def is_allowed(pipeline: "Pipeline", access: AccessRequest) -> bool:
@@ -189,13 +191,15 @@ async def is_allowed(pipeline: "Pipeline", access: AccessRequest) -> bool:
     * A hook that raises, times out or answers something other than a bool or a
       Decision denies, and that denial is never cached.
     """
-    found = known_decision(pipeline, access)
-    if found is not None:
-        return found
-    store = scoped_decisions(pipeline)
+    answer = allowed_or_pending(pipeline, access)
+    return answer if isinstance(answer, bool) else await answer
+
+
+async def _decide(pipeline: "Pipeline", access: AccessRequest, key: tuple, default_ttl: float) -> bool:
+    """The authorizer's answer for ``access`` (no scoped or fresh decision had it), cached
+    under ``key`` as :func:`is_allowed` says."""
     cache = pipeline.cache
-    key = ("authz", pipeline.cache_namespace, decision_cache_key(access))
-    default_ttl = max(0.0, float(pipeline.cache_decisions or 0))
+    store = scoped_decisions(pipeline)
 
     async def fetch():
         return await _ask(pipeline, access, store, default_ttl)

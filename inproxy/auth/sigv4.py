@@ -200,10 +200,6 @@ class SigV4Authenticator(Authenticator):
         raise errors.SignatureDoesNotMatch(AWSAccessKeyId=auth.access_key, StringToSign=to_sign,
                                            CanonicalRequest=_redacted(canonical))
 
-    async def _secret(self, access_key: str, session_token: str | None) -> "tuple[str, Identity]":
-        """The (secret, Identity) behind an access key (or a session token we issued)."""
-        return self._secret_at_hand(access_key, session_token) or await self._looked_up_secret(access_key)
-
     def _secret_at_hand(self, access_key: str, session_token: str | None) -> "tuple[str, Identity] | None":
         """The secret when no I/O can be involved (a session token we issued, a StaticKeys
         map), without a coroutine; None when a key store must be awaited."""

@@ -130,26 +130,11 @@ class ResponseWriter:
         """Send a piece of the body; waits while the client's socket buffer is full."""
         if self.finished:
             raise RuntimeError("the response is finished")
-        remaining = self._remaining
-        if remaining is not None:
-            if len(data) > remaining:
-                raise ValueError("more body bytes than the Content-Length of the response")
-            self._remaining = remaining - len(data)
-        if not data:
+        piece = self._counted(data)
+        if not piece:
             return
-        if self._chunked:
-            data = b"%x\r\n%b\r\n" % (len(data), data)
-        conn = self._conn
-        head = self._head
-        if head is not None:
-            self._head = None
-            if len(data) <= _JOIN_LIMIT:
-                data = head + data
-            else:
-                conn.write(head)
-        conn.write(data)
-        if conn.write_paused:
-            await conn.drain()
+        self._send(piece)
+        await self.drain()
 
     async def splice_body(self, src_fd: int, count: int, *, timeout: float | None) -> None:
         """Send the next ``count`` body bytes straight from socket ``src_fd`` to the client's
@@ -162,32 +147,20 @@ class ResponseWriter:
         dst_fd = conn.splice_fd()
         if dst_fd is None:
             raise ValueError("the client connection cannot be spliced to (TLS, or closed)")
-        head, self._head = self._head, None
-        if head is not None:
-            conn.write(head)
+        self._send(b"")  # the head, if still held
         await conn.drain_empty()
         self._remaining = remaining - count
         await splice(src_fd, dst_fd, count, timeout=timeout)
 
     def end(self, data: bytes) -> bool:
         """The last body piece and the end of the answer in one write (the head too, if it
-        is still held), without waiting: True when the caller should await :meth:`drain`."""
+        is still held), without waiting: True when the caller should await :meth:`drain`.
+        A body short of its Content-Length raises before anything is sent."""
         if self.finished:
             raise RuntimeError("the response is finished")
-        remaining = self._remaining
-        if remaining is not None and len(data) != remaining:
-            if len(data) > remaining:
-                raise ValueError("more body bytes than the Content-Length of the response")
-            raise ConnectionError(f"response body ended {remaining - len(data)} bytes short of its Content-Length")
-        self._remaining = 0 if remaining is not None else None
-        self.finished = True
-        if self._chunked:
-            data = b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n"
-        head, self._head = self._head, None
-        if head is not None:
-            data = head + data
-        if data:
-            self._conn.write(data)
+        if self._remaining is not None and len(data) < self._remaining:
+            raise self._short(self._remaining - len(data))
+        self._send(self._counted(data) + self._tail())
         return self._conn.write_paused
 
     async def drain(self) -> None:
@@ -199,16 +172,42 @@ class ResponseWriter:
         """End the body (raises when a Content-Length was promised and not met)."""
         if self.finished:
             return
+        self._send(self._tail())
+        await self.drain()
+
+    def _counted(self, data: bytes) -> bytes:
+        """``data`` counted against the Content-Length and framed (a chunk when chunked)."""
+        remaining = self._remaining
+        if remaining is not None:
+            if len(data) > remaining:
+                raise ValueError("more body bytes than the Content-Length of the response")
+            self._remaining = remaining - len(data)
+        if self._chunked and data:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        return data
+
+    def _tail(self) -> bytes:
+        """What ends the body (raises when a Content-Length was promised and not met)."""
         if self._remaining:
-            raise ConnectionError(f"response body ended {self._remaining} bytes short of its Content-Length")
+            raise self._short(self._remaining)
         self.finished = True
-        tail = b"0\r\n\r\n" if self._chunked else b""
+        return b"0\r\n\r\n" if self._chunked else b""
+
+    @staticmethod
+    def _short(missing: int) -> ConnectionError:
+        return ConnectionError(f"response body ended {missing} bytes short of its Content-Length")
+
+    def _send(self, data: bytes) -> None:
+        """Write ``data``, after the head if it is still held (joined when small: one send)."""
+        conn = self._conn
         head, self._head = self._head, None
-        data = head + tail if head is not None else tail
+        if head is not None:
+            if len(data) <= _JOIN_LIMIT:
+                data = head + data
+            else:
+                conn.write(head)
         if data:
-            self._conn.write(data)
-        if self._conn.write_paused:
-            await self._conn.drain()
+            conn.write(data)
 
     async def answer(self, response: "web.Response") -> None:
         """Send a whole ``aiohttp.web.Response`` (status, reason, headers, bytes body)."""
