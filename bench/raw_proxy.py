@@ -11,19 +11,31 @@ re-chunked when they have none; flow control both ways (a full write buffer on o
 pauses reading on the other).  No auth, no signing, no S3.  Same CLI and ready line as
 baseline_proxy.py; against nginx only.
 
-    python bench/raw_proxy.py --backend http://127.0.0.1:PORT [--uvloop]
+With ``--auth raw-s3`` (variant ``raw-s3``) it also does the least S3 work the full path asks
+for, written straight-line for the benchmark's one request shape: the presigned GET's
+signature verified (query parsed, canonical request, SHA-256, HMAC with a cached signing key,
+constant-time comparison, expiry) and the upstream request re-signed with SigV4 (Host,
+X-Amz-Date, X-Amz-Content-SHA256, Authorization).  No hooks, no authorizer, no objects per
+request beyond strings: what a Python proxy with this S3 work cannot go below on this machine.
+
+    python bench/raw_proxy.py --backend http://127.0.0.1:PORT [--uvloop] [--auth raw-s3 --client-key K
+        --client-secret S --backend-key K --backend-secret S --region R]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import calendar
 import collections
+import hashlib
+import hmac
 import json
 import os
 import signal
 import sys
 import threading
+import time
 from urllib.parse import urlsplit
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -85,11 +97,80 @@ def _write(transport, out: list) -> None:
         transport.write(out[0] if len(out) == 1 else b"".join(out))  # head + small body: one write
 
 
+class FloorS3:
+    """The least S3 work of the full path, straight-line: verify a presigned GET, re-sign it."""
+
+    def __init__(self, client_key: str, client_secret: str, backend_key: str, backend_secret: str,
+                 region: str, backend_host: str) -> None:
+        self.secrets = {client_key: client_secret}
+        self.backend_key, self.backend_secret, self.region = backend_key, backend_secret, region
+        self.backend_host = backend_host
+        self.keys: dict = {}  # (secret, date, region, service) -> signing key
+
+    def _signing_key(self, secret: str, date: str, region: str, service: str) -> bytes:
+        cache_key = (secret, date, region, service)
+        key = self.keys.get(cache_key)
+        if key is None:
+            key = ("AWS4" + secret).encode()
+            for part in (date, region, service, "aws4_request"):
+                key = hmac.digest(key, part.encode(), "sha256")
+            self.keys[cache_key] = key
+        return key
+
+    def rewrite(self, method: str, target: str, host: str) -> bytes | None:
+        """The upstream request line and signing headers, or None if the signature is wrong."""
+        path, _, query = target.partition("?")
+        params = {}
+        unsigned = []
+        for piece in query.split("&"):
+            name, _, value = piece.partition("=")
+            params[name] = value
+            if name != "X-Amz-Signature":
+                unsigned.append(piece)
+        try:
+            access_key, date, region, service, _ = params["X-Amz-Credential"].replace("%2F", "/").split("/")
+            amz_date, signature = params["X-Amz-Date"], params["X-Amz-Signature"]
+            start = calendar.timegm((int(amz_date[:4]), int(amz_date[4:6]), int(amz_date[6:8]),
+                                     int(amz_date[9:11]), int(amz_date[11:13]), int(amz_date[13:15])))
+            if not start - 900 <= time.time() <= start + int(params["X-Amz-Expires"]):
+                return None
+            secret = self.secrets[access_key]
+        except (KeyError, ValueError):
+            return None
+        unsigned.sort()
+        canonical = (f"{method}\n{path}\n{'&'.join(unsigned)}\nhost:{host}\n\n"
+                     f"{params['X-Amz-SignedHeaders']}\nUNSIGNED-PAYLOAD")
+        to_sign = (f"AWS4-HMAC-SHA256\n{amz_date}\n{date}/{region}/{service}/aws4_request\n"
+                   f"{hashlib.sha256(canonical.encode()).hexdigest()}")
+        key = self._signing_key(secret, date, region, service)
+        if not hmac.compare_digest(hmac.new(key, to_sign.encode(), "sha256").hexdigest(), signature):
+            return None
+        return self._signed(method, path)
+
+    def _signed(self, method: str, path: str) -> bytes:
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        date = amz_date[:8]
+        scope = f"{date}/{self.region}/s3/aws4_request"
+        names = "host;x-amz-content-sha256;x-amz-date"
+        canonical = (f"{method}\n{path}\n\nhost:{self.backend_host}\nx-amz-content-sha256:UNSIGNED-PAYLOAD\n"
+                     f"x-amz-date:{amz_date}\n\n{names}\nUNSIGNED-PAYLOAD")
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        key = self._signing_key(self.backend_secret, date, self.region, "s3")
+        signature = hmac.new(key, to_sign.encode(), "sha256").hexdigest()
+        return (f"{method} {path} HTTP/1.1\r\nX-Amz-Date: {amz_date}\r\n"
+                f"X-Amz-Content-SHA256: UNSIGNED-PAYLOAD\r\nAuthorization: AWS4-HMAC-SHA256 "
+                f"Credential={self.backend_key}/{scope}, SignedHeaders={names}, Signature={signature}\r\n").encode()
+
+
+_FORBIDDEN = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
+
+
 class Downstream(asyncio.Protocol):
     """A client connection and its own upstream connection."""
 
-    def __init__(self, backend: tuple[str, int]) -> None:
+    def __init__(self, backend: tuple[str, int], s3: FloorS3 | None = None) -> None:
         self.backend = backend
+        self.s3 = s3
         self.host_line = b"Host: %s:%d\r\n" % (backend[0].encode(), backend[1])
         self.transport: asyncio.Transport | None = None
         self.up: Upstream | None = None
@@ -153,8 +234,15 @@ class Downstream(asyncio.Protocol):
 
     def _forward_next(self, out: list) -> None:
         message, payload = self.queue.popleft()
-        first = b"%s %s HTTP/1.1\r\n" % (message.method.encode(),
-                                         message.path.encode("utf-8", "surrogateescape"))
+        if self.s3 is not None:
+            first = self.s3.rewrite(message.method, message.path, message.headers.get("Host", ""))
+            if first is None:
+                self.transport.write(_FORBIDDEN)
+                self.transport.close()
+                return
+        else:
+            first = b"%s %s HTTP/1.1\r\n" % (message.method.encode(),
+                                             message.path.encode("utf-8", "surrogateescape"))
         head, chunked = _head(first, message.raw_headers, payload, self.host_line)
         out.append(head)
         self.in_flight = True
@@ -289,10 +377,14 @@ async def serve(args: argparse.Namespace) -> None:
 
     url = urlsplit(args.backend)
     backend = (url.hostname or "127.0.0.1", url.port or 80)
-    server = await loop.create_server(lambda: Downstream(backend), "127.0.0.1", args.port)
+    s3 = None
+    if args.auth == "raw-s3":
+        s3 = FloorS3(args.client_key, args.client_secret, args.backend_key, args.backend_secret,
+                     args.region, f"{backend[0]}:{backend[1]}")
+    server = await loop.create_server(lambda: Downstream(backend, s3), "127.0.0.1", args.port)
     port = server.sockets[0].getsockname()[1]
     print(json.dumps({"port": port, "pid": os.getpid(), "loop": type(loop).__module__.split(".")[0],
-                      "auth": "raw"}), flush=True)
+                      "auth": "raw-s3" if s3 else "raw"}), flush=True)
     try:
         await stop.wait()
     finally:
@@ -304,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", required=True)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--uvloop", action="store_true")
+    p.add_argument("--auth", default="raw", help="raw (no S3 work) or raw-s3 (verify and re-sign)")
+    for name in ("--client-key", "--client-secret", "--backend-key", "--backend-secret", "--region"):
+        p.add_argument(name, default="")
     args, _ = p.parse_known_args(argv)  # ignores proxy_server.py's other options
     factory = None
     if args.uvloop:
