@@ -59,7 +59,7 @@ import asyncio
 import collections
 import socket
 import ssl as ssl_module
-from typing import Any, AsyncIterable, Mapping
+from typing import Any, AsyncIterable, Awaitable, Callable, Mapping
 
 from aiohttp.client_exceptions import (
     ClientConnectionError,
@@ -218,7 +218,7 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "pool", "key", "transport", "_loop", "_parser", "_body_parser", "_head_parser",
         "_response", "_head_waiter", "_drain_waiter", "_write_paused", "_reading_paused",
-        "_closed", "_error", "busy", "_waiting", "got_data", "_reusable", "served",
+        "_closed", "_error", "busy", "_waiting", "got_data", "body_taken", "_reusable", "served",
         "_last_rx", "_idle_since", "_timer", "_detached",
     )
 
@@ -240,6 +240,9 @@ class _Connection(asyncio.Protocol):
         self.busy = True  # in use by a request (a new connection is made for one)
         self._waiting = False  # the request is sent: the read timeout runs
         self.got_data = False  # bytes of an answer arrived for the current request
+        # Body bytes were taken from the caller that cannot be sent again (a second piece of
+        # an iterable, a started splice): a failure then is not retried on a new connection.
+        self.body_taken = False
         self._reusable = True
         self.served = 0  # answers completed on this connection
         self._last_rx = 0.0
@@ -343,6 +346,7 @@ class _Connection(asyncio.Protocol):
         self._response = None
         self._error = None
         self.got_data = False
+        self.body_taken = False
         self._waiting = False
         if head_only:
             parser = self._head_parser
@@ -769,20 +773,32 @@ class ConnectionPool:
             return await self._with_splice(key, method, head, data)
         if data is not None:
             return await self._with_body(key, method, head, headers, data)
+        return await self._exchange(key, method, head, None)
+
+    async def _exchange(self, key: tuple, method: str, head: bytes,
+                        send_body: "Callable[[_Connection], Awaitable[None]] | None") -> UpstreamResponse:
+        """Write ``head`` (and, through ``send_body``, the body) on an idle or a new
+        connection and wait for the answer's head.  A kept-alive connection that turns out
+        stale (the server's close crossed the request) is retried once on a new one, for
+        idempotent methods, unless body bytes that cannot be sent again were taken
+        (``body_taken``)."""
         retried = False
         while True:
             conn = None if retried else self._idle_connection(key)
             if conn is None:
                 conn = await self._acquire(key)
             conn.begin(method == "HEAD")
-            conn.transport.write(head)
-            conn.sent()
             try:
+                if send_body is None:
+                    conn.transport.write(head)
+                else:
+                    await send_body(conn)
+                conn.sent()
                 response = conn.response
                 return response if response is not None else await conn.head_future()
             except (ServerDisconnectedError, ClientOSError):
                 conn._abort()
-                if retried or not conn.stale() or method not in _IDEMPOTENT:
+                if retried or conn.body_taken or not conn.stale() or method not in _IDEMPOTENT:
                     raise
                 retried = True
             except BaseException:
@@ -809,76 +825,60 @@ class ConnectionPool:
             raise RequestBodyError(f"the request body failed: {exc!r}") from exc
         if first is not None and length is not None and len(first) > length:
             raise RequestBodyLengthError("the request body is longer than its Content-Length")
-        retried = False
-        while True:
-            conn = None if retried else self._idle_connection(key)
-            if conn is None:
-                conn = await self._acquire(key)
-            conn.begin(method == "HEAD")
-            pulled_more = False
-            try:
-                transport = conn.transport
-                sent = 0
-                if first is None:
+
+        async def send_body(conn: _Connection) -> None:
+            transport = conn.transport
+            sent = 0
+            if first is None:
+                transport.write(head)
+            else:
+                sent = len(first)
+                if chunked:
+                    transport.writelines((head, b"%x\r\n" % sent, first, b"\r\n") if sent else (head,))
+                elif sent <= _JOIN_LIMIT:
+                    transport.write(head + first)
+                else:
                     transport.write(head)
-                else:
-                    sent = len(first)
+                    transport.write(first)
+                while True:
+                    await conn.drain()
+                    if conn.answered():
+                        break  # an early answer: the rest of the body is not wanted
+                    error = conn.failed()
+                    if error is not None:
+                        raise error
+                    try:
+                        chunk = await body.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    except Exception as exc:
+                        raise RequestBodyError(f"the request body failed: {exc!r}") from exc
+                    conn.body_taken = True
+                    if conn.answered():
+                        break
+                    error = conn.failed()
+                    if error is not None:
+                        raise error
+                    size = len(chunk)
+                    if not size:
+                        continue
+                    sent += size
+                    if length is not None and sent > length:
+                        raise RequestBodyLengthError("the request body is longer than its Content-Length")
                     if chunked:
-                        transport.writelines((head, b"%x\r\n" % sent, first, b"\r\n") if sent else (head,))
-                    elif sent <= _JOIN_LIMIT:
-                        transport.write(head + first)
+                        transport.writelines((b"%x\r\n" % size, chunk, b"\r\n"))
                     else:
-                        transport.write(head)
-                        transport.write(first)
-                    while True:
-                        await conn.drain()
-                        if conn.answered():
-                            break  # an early answer: the rest of the body is not wanted
-                        error = conn.failed()
-                        if error is not None:
-                            raise error
-                        try:
-                            chunk = await body.__anext__()
-                        except StopAsyncIteration:
-                            break
-                        except Exception as exc:
-                            raise RequestBodyError(f"the request body failed: {exc!r}") from exc
-                        pulled_more = True
-                        if conn.answered():
-                            break
-                        error = conn.failed()
-                        if error is not None:
-                            raise error
-                        size = len(chunk)
-                        if not size:
-                            continue
-                        sent += size
-                        if length is not None and sent > length:
-                            raise RequestBodyLengthError(
-                                "the request body is longer than its Content-Length")
-                        if chunked:
-                            transport.writelines((b"%x\r\n" % size, chunk, b"\r\n"))
-                        else:
-                            transport.write(chunk)
-                if conn.answered():
-                    conn.not_reusable()  # the body may be partly sent: never reuse
-                else:
-                    if length is not None and sent != length:
-                        raise RequestBodyLengthError(
-                            f"the request body ended after {sent} of {length} bytes (Content-Length)")
-                    if chunked:
-                        transport.write(b"0\r\n\r\n")
-                conn.sent()
-                response = conn.response
-                return response if response is not None else await conn.head_future()
-            except (ServerDisconnectedError, ClientOSError):
-                conn._abort()
-                if retried or pulled_more or not conn.stale() or method not in _IDEMPOTENT:
-                    raise
-                retried = True
-            except BaseException:
-                conn._abort()
-                raise
+                        transport.write(chunk)
+            if conn.answered():
+                conn.not_reusable()  # the body may be partly sent: never reuse
+            else:
+                if length is not None and sent != length:
+                    raise RequestBodyLengthError(
+                        f"the request body ended after {sent} of {length} bytes (Content-Length)")
+                if chunked:
+                    transport.write(b"0\r\n\r\n")
+
+        return await self._exchange(key, method, head, send_body)
 
     @staticmethod
     def _check_splice(key: tuple, headers: Any, body: SpliceBody) -> None:
@@ -914,40 +914,25 @@ class ConnectionPool:
           nothing else writes to it meanwhile): it is reused like any other.
         """
         prefix = body.prefix
-        retried = False
-        while True:
-            conn = None if retried else self._idle_connection(key)
-            if conn is None:
-                conn = await self._acquire(key)
-            conn.begin(False)
-            started = False
-            try:
-                transport = conn.transport
-                if not prefix or len(prefix) <= _JOIN_LIMIT:
-                    transport.write(head + prefix if prefix else head)
-                else:
-                    transport.write(head)
-                    transport.write(prefix)
-                if body.remaining:
-                    await conn.drain_empty()
-                    if not conn.answered():
-                        started = True
-                        await conn.splice_up(body)
-                else:
-                    body.complete = True
-                if conn.answered():
-                    conn.not_reusable()  # the body may be partly sent: never reuse
-                conn.sent()
-                response = conn.response
-                return response if response is not None else await conn.head_future()
-            except (ServerDisconnectedError, ClientOSError):
-                conn._abort()
-                if retried or started or not conn.stale() or method not in _IDEMPOTENT:
-                    raise
-                retried = True
-            except BaseException:
-                conn._abort()
-                raise
+
+        async def send_body(conn: _Connection) -> None:
+            transport = conn.transport
+            if not prefix or len(prefix) <= _JOIN_LIMIT:
+                transport.write(head + prefix if prefix else head)
+            else:
+                transport.write(head)
+                transport.write(prefix)
+            if body.remaining:
+                await conn.drain_empty()
+                if not conn.answered():
+                    conn.body_taken = True
+                    await conn.splice_up(body)
+            else:
+                body.complete = True
+            if conn.answered():
+                conn.not_reusable()  # the body may be partly sent: never reuse
+
+        return await self._exchange(key, method, head, send_body)
 
     # -- targets -------------------------------------------------------------------------------
 

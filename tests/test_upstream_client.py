@@ -27,6 +27,7 @@ from inproxy.upstream_client import (
     ConnectionPool,
     RequestBodyError,
     RequestBodyLengthError,
+    SpliceBody,
     UpstreamConnectError,
     UpstreamProtocolError,
 )
@@ -372,6 +373,40 @@ async def test_stale_keep_alive_is_not_retried_after_more_body_was_pulled_or_for
         with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
             await pool.request("POST", "/", hdrs(server.port))
         await pool.close()
+
+
+def _loopback_tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        near = socket.create_connection(listener.getsockname())
+        far, _ = listener.accept()
+    near.setblocking(False)
+    return far, near
+
+
+async def test_stale_keep_alive_with_a_splice_body_is_retried_only_before_the_splice():
+    counter = [0]
+    async with RawServer(_drop_second_request(counter)) as server:
+        pool = pool_for(server)
+        far, near = _loopback_tcp_pair()
+        try:
+            # All of the body in the prefix: nothing was taken from the fd, so it is retried.
+            await body_of(await pool.request("GET", "/", hdrs(server.port)))
+            body = SpliceBody(b"prefix", near.fileno(), 0, timeout=5)
+            resp = await pool.request("PUT", "/", hdrs(server.port, **{"content-length": "6"}), body)
+            assert resp.status == 200 and await body_of(resp) == b"answer 1"
+            assert len(server.connections) == 2
+            # Bytes spliced from the fd cannot be read again: a stale connection fails the request.
+            await body_of(await pool.request("GET", "/", hdrs(server.port)))  # (itself retried)
+            before = len(server.connections)
+            far.sendall(b"s" * 1000)
+            body = SpliceBody(b"prefix", near.fileno(), 1000, timeout=2)
+            with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+                await pool.request("PUT", "/", hdrs(server.port, **{"content-length": "1006"}), body)
+            assert len(server.connections) == before  # no fresh connection tried
+        finally:
+            far.close()
+            near.close()
+            await pool.close()
 
 
 async def test_stale_retry_happens_only_once():
