@@ -24,6 +24,11 @@ from typing import AsyncIterator
 import pytest
 from aiohttp import web
 
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is in the test extras
+    uvloop = None
+
 from inproxy import AllowAll, Backend, ProxyHooks, ProxyServer
 
 from util import backend_for, new_bucket, s3_client, signed_headers
@@ -542,6 +547,62 @@ async def test_unfinished_request_head_does_not_outlive_the_keepalive_timeout(cl
                 trickler.cancel()
             assert time.monotonic() - started < 3.0
     assert app.requests == []
+
+
+# == 7b. a client that half-closes ===================================================================
+
+
+async def _half_closed_pipeline() -> None:
+    """Two pipelined GETs (the first slow), then the client's FIN: both are answered in
+    order, the last says Connection: close, then the proxy closes."""
+    async with app_proxy() as (proxy, app), connection(proxy.port) as (reader, writer):
+        await send(writer, request_bytes(proxy.port, "GET", "/bkt/slow-hc")
+                   + request_bytes(proxy.port, "GET", "/bkt/after-hc"))
+        writer.write_eof()
+        first, second = await read_response(reader), await read_response(reader)
+        assert (first.status, first.body) == (200, b"body of /bkt/slow-hc")
+        assert (second.status, second.body) == (200, b"body of /bkt/after-hc")
+        assert second.closes
+        assert await closed_by_peer(reader)
+    assert app.requests == [("GET", "/bkt/slow-hc"), ("GET", "/bkt/after-hc")]
+
+
+async def test_half_closed_client_gets_what_it_sent_answered():
+    await _half_closed_pipeline()
+
+
+@pytest.mark.skipif(uvloop is None, reason="no uvloop")
+def test_half_closed_client_gets_what_it_sent_answered_on_uvloop():
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(_half_closed_pipeline(), 30))
+    finally:
+        loop.close()
+
+
+async def test_half_closed_after_a_whole_upload_is_answered():
+    async with app_proxy() as (proxy, app), connection(proxy.port) as (reader, writer):
+        await send(writer, request_bytes(proxy.port, "PUT", "/bkt/hc-upload", body=b"x" * 5000,
+                                         extra={"Content-Length": "5000"}))
+        writer.write_eof()
+        response = await read_response(reader)
+        assert response.status == 200 and response.closes
+        assert await closed_by_peer(reader)
+    assert app.requests == [("PUT", "/bkt/hc-upload")]
+
+
+async def test_half_closed_mid_body_ends_the_connection_and_nothing_is_forwarded_whole():
+    async with app_proxy() as (proxy, app), connection(proxy.port) as (reader, writer):
+        await send(writer, request_bytes(proxy.port, "PUT", "/bkt/hc-cut", body=b"x" * 100,
+                                         extra={"Content-Length": "5000"}))
+        writer.write_eof()
+        try:
+            rest = await asyncio.wait_for(reader.read(), T)
+        except ConnectionResetError:
+            rest = b""
+        assert not rest.startswith(b"HTTP/1.1 200")
+    await asyncio.sleep(0.2)
+    assert ("PUT", "/bkt/hc-cut") not in app.requests
 
 
 # == 8. HEAD, and 9. a client leaving mid-download: SeaweedFS behind the proxy =========================

@@ -38,7 +38,7 @@ class FrontConnection(asyncio.Protocol):
         "server", "_loop", "transport", "_parser", "_queue", "_waiter", "_task", "busy",
         "closing", "_current", "_reading_paused", "_queue_paused", "write_paused",
         "_drain_waiter", "remote", "local_host", "secure", "_last_active", "_timer", "_discarding",
-        "_unread", "_body_taken", "_last_rx", "_write_blocked_at",
+        "_unread", "_body_taken", "_last_rx", "_write_blocked_at", "_client_done",
     )
 
     def __init__(self, server: "FrontServer") -> None:
@@ -66,6 +66,7 @@ class FrontConnection(asyncio.Protocol):
         self._body_taken = False  # the current request's body is being spliced from the socket
         self._last_rx = 0.0  # when the client last sent bytes
         self._write_blocked_at = 0.0  # since when the client has not taken what we write (0: it has)
+        self._client_done = False  # the client half-closed: answer what came, then close
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -120,7 +121,29 @@ class FrontConnection(asyncio.Protocol):
             self._wake()
 
     def eof_received(self) -> bool | None:
-        return None  # the transport closes; connection_lost follows
+        """The client half-closed: it sends nothing more, but may still read (as tools that
+        ``shutdown(SHUT_WR)`` after their request do).  What it sent whole is answered, then
+        the connection closes.  Anything cut short (a request body or head), TLS (no
+        half-close) or a lingering close: the transport closes now, connection_lost follows."""
+        if self.secure or self._discarding or not self._received_whole():
+            return None
+        self._client_done = True  # _next() ends the connection once the queue is answered
+        if not self._queue:
+            self.closing = True  # the answer in progress (if any) is the last: it says so
+        self._wake()
+        return True
+
+    def _received_whole(self) -> bool:
+        """Every request received so far is complete, body included, and no other has begun."""
+        current = self._current
+        if current is not None and not current.content.is_eof():
+            return False
+        if any(message is None or not payload.is_eof() for message, payload in self._queue):
+            return False
+        try:
+            return self._parser.feed_eof() is None  # a message the parser has begun
+        except Exception:  # a body cut short
+            return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
@@ -180,6 +203,8 @@ class FrontConnection(asyncio.Protocol):
                 if item is None:
                     break
                 message, payload = item
+                if self._client_done and not self._queue:
+                    self.closing = True  # the last request of a half-closed client
                 if self._queue_paused and len(self._queue) < _MAX_QUEUED // 2:
                     self._queue_paused = False
                     if not self._reading_paused:
@@ -218,7 +243,7 @@ class FrontConnection(asyncio.Protocol):
 
     async def _next(self) -> tuple | None:
         while not self._queue:
-            if self.transport is None or self.closing:
+            if self.transport is None or self.closing or self._client_done:
                 return None
             waiter = self._waiter = self._loop.create_future()
             try:
