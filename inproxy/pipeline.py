@@ -22,6 +22,7 @@ from .s3 import rename, sigv4
 from .s3.headers import PRESIGN_PARAMS, forwarded_headers, headers_to_sign, response_headers
 from .s3.request import parse_s3_request
 from .s3.xml import list_buckets_xml
+from .splice import Pipes
 
 if TYPE_CHECKING:
     from .backend import BackendMap
@@ -46,7 +47,7 @@ class Pipeline:
                  base_domains: Sequence[str] = (), max_header_bytes: int = 16 * 1024,
                  authorize_timeout: float = 10.0, cache_decisions: float = 0.0,
                  verify_payload_hash: bool = True, cache_namespace: object = None,
-                 endpoints: Sequence = ()) -> None:
+                 endpoints: Sequence = (), max_splices: int = 32) -> None:
         self.backends = backends
         self.authenticators = list(authenticators)
         self.authorizer = authorizer
@@ -74,6 +75,7 @@ class Pipeline:
         self._has_response_filter = _overrides(hooks, "response_filter")
         self._request_ids = RequestIds()
         self._splice_requests, self._splice_responses = spliced.supported(self)
+        self.pipes = Pipes(max_splices)  # kernel pipes for splicing, bounded: see Pipes
 
     async def handle(self, request: "FrontRequest") -> web.Response | None:
         """Answer one request (streamed through ``request.writer``, or returned whole for the
@@ -237,16 +239,16 @@ class Pipeline:
         zero_copy = None
         if data is not None:  # only now, authenticated and authorized, may the client send it
             await send_continue(ctx)
-            zero_copy = spliced.request_body(ctx)
+            zero_copy = spliced.request_body(ctx, self.pipes)
             data = zero_copy or ctx.body
         try:
             upstream = await self.pool.send(ctx.backend, ctx.upstream, data)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             if zero_copy is not None:
-                spliced.body_done(ctx, zero_copy, exc)
+                spliced.body_done(ctx, zero_copy, self.pipes, exc)
             raise self._upstream_failure(ctx, exc) from exc
         if zero_copy is not None:
-            spliced.body_done(ctx, zero_copy)
+            spliced.body_done(ctx, zero_copy, self.pipes)
         try:
             return await self._relay_response(ctx, upstream)
         finally:
@@ -291,7 +293,7 @@ class Pipeline:
                     if writer.end(data):
                         await writer.drain()
                     return
-                if self._splice_responses and await spliced.relay_response(ctx, upstream, writer):
+                if self._splice_responses and await spliced.relay_response(ctx, upstream, writer, self.pipes):
                     return
                 chunks = content.iter_any()
             await self._relay_body(ctx, chunks, writer)

@@ -67,6 +67,9 @@ class ProxyServer(ClientHelpers):
         client_timeout: seconds a client may send none of its request body, or read none of
             its answer, before the proxy gives up on it (``RequestTimeout``, or a closed
             connection once the answer has started).
+        max_splices: large bodies spliced socket to socket at once (each holds a 1 MiB
+            kernel pipe, which counts against the user's pipe quota); beyond it they are
+            copied through Python.  0: never splice.
     """
 
     def __init__(self, backends: "Mapping[str, Backend] | Backend | None" = None, *,
@@ -79,7 +82,8 @@ class ProxyServer(ClientHelpers):
                  token_key: bytes | None = None, max_skew: float = 900.0, key_ttl: float = 60.0,
                  verify_payload_hash: bool = True, endpoints: Sequence[Any] = (),
                  upstream_client: str = "lean", shutdown_timeout: float = 5.0,
-                 keepalive_timeout: float = 75.0, client_timeout: float = 60.0) -> None:
+                 keepalive_timeout: float = 75.0, client_timeout: float = 60.0,
+                 max_splices: int = 32) -> None:
         self.host, self._requested_port, self.ssl = host, port, ssl
         self.shutdown_timeout = shutdown_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -102,7 +106,7 @@ class ProxyServer(ClientHelpers):
             hooks=hooks or ProxyHooks(), cache=self.cache, signer=signer, pool=self._pool,
             base_domains=base_domains, max_header_bytes=max_header_bytes,
             authorize_timeout=authorize_timeout, cache_decisions=cache_decisions,
-            verify_payload_hash=verify_payload_hash, endpoints=endpoints,
+            verify_payload_hash=verify_payload_hash, endpoints=endpoints, max_splices=max_splices,
         )
         for endpoint in endpoints:
             if hasattr(endpoint, "bind"):
@@ -150,6 +154,7 @@ class ProxyServer(ClientHelpers):
             await front.stop(self.shutdown_timeout, _ABORT_SECONDS)
         finally:
             await self._pool.close()
+            self.pipeline.pipes.close()
             self.port = None
 
     async def __aenter__(self) -> "ProxyServer":

@@ -34,9 +34,13 @@ import fcntl
 import os
 import sys
 
-__all__ = ["available", "splice", "SpliceConnectionError", "SpliceIncomplete", "SpliceTimeout"]
+__all__ = ["available", "splice", "Pipe", "Pipes", "SpliceConnectionError", "SpliceIncomplete",
+           "SpliceTimeout"]
 
 _PIPE_SIZE = 1024 * 1024  # F_SETPIPE_SZ wish; /proc/sys/fs/pipe-max-size is 1 MiB by default
+# A pipe smaller than this is not worth splicing through (a few KiB per system call): what
+# a new pipe gets once its user is over the pipe quota (fs.pipe-user-pages-soft).
+_MIN_PIPE_SIZE = 64 * 1024
 _YIELD_BYTES = 4 * 1024 * 1024  # let the loop run at least this often without EAGAIN
 _SPLICE = getattr(os, "splice", None)
 _MOVE = getattr(os, "SPLICE_F_MOVE", 1)
@@ -53,6 +57,86 @@ _GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIM
 def available() -> bool:
     """True where :func:`splice` works: Linux with ``os.splice``."""
     return sys.platform.startswith("linux") and _SPLICE is not None
+
+
+class Pipe:
+    """A non-blocking kernel pipe for :func:`splice`, and its size in bytes."""
+
+    __slots__ = ("read_fd", "write_fd", "size")
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:  # a bigger pipe: fewer syscalls and loop iterations per byte
+            fcntl.fcntl(self.write_fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass  # EPERM above pipe-max-size or over the user's pipe quota: keep the default
+        try:
+            self.size = fcntl.fcntl(self.write_fd, _F_GETPIPE_SZ)
+        except OSError:  # pragma: no cover - kernels without F_GETPIPE_SZ
+            self.size = 64 * 1024
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.read_fd = self.write_fd = -1
+
+
+class Pipes:
+    """At most ``limit`` pipes for splicing, each reused from one splice to the next.
+
+    Why a bound: every pipe of 1 MiB counts against its user's pipe quota
+    (``fs.pipe-user-pages-soft``, 64 MiB by default, shared by all the user's processes);
+    past it new pipes get a few KiB and a splice through one crawls.  So a proxy keeps at
+    most ``limit`` pipes, :meth:`take` says None when they are all in use or a new one came
+    out small, and the caller copies through Python instead.  Reuse also saves a pipe's
+    creation and closing per splice.  Meant for one event loop; no global state.
+    """
+
+    def __init__(self, limit: int = 32, *, min_size: int = _MIN_PIPE_SIZE) -> None:
+        self.limit = limit
+        self.min_size = min_size
+        self._idle: list[Pipe] = []
+        self._open = 0  # idle and in use
+        self._closed = False
+
+    @property
+    def in_use(self) -> int:
+        return self._open - len(self._idle)
+
+    def take(self) -> Pipe | None:
+        """A pipe of at least 64 KiB for one splice, or None (copy instead)."""
+        self._closed = False  # serving (again, after close())
+        if self._idle:
+            return self._idle.pop()
+        if self._open >= self.limit or not available():
+            return None
+        try:
+            pipe = Pipe()
+        except OSError:  # out of file descriptors: copying needs none
+            return None
+        if pipe.size < self.min_size:
+            pipe.close()
+            return None
+        self._open += 1
+        return pipe
+
+    def give_back(self, pipe: Pipe, *, clean: bool) -> None:
+        """Return a pipe after its splice.  Only a splice that completed left it empty:
+        after a failure bytes may sit in it, so it is closed."""
+        if clean and not self._closed:
+            self._idle.append(pipe)
+            return
+        pipe.close()
+        self._open -= 1
+
+    def close(self) -> None:
+        """Close the idle pipes (the proxy stops); those still in use are closed when given
+        back.  A later :meth:`take` (the proxy started again) makes new ones."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
+            self._open -= 1
 
 
 class SpliceConnectionError(ConnectionError):
@@ -77,7 +161,8 @@ class SpliceTimeout(asyncio.TimeoutError):
     source: bool = False
 
 
-async def splice(src_fd: int, dst_fd: int, count: int, *, timeout: float | None) -> None:
+async def splice(src_fd: int, dst_fd: int, count: int, *, timeout: float | None,
+                 pipe: Pipe | None = None) -> None:
     """Move exactly ``count`` bytes from socket ``src_fd`` to socket ``dst_fd``.
 
     Both must be connected, non-blocking stream sockets.  For the duration, the source's
@@ -87,7 +172,9 @@ async def splice(src_fd: int, dst_fd: int, count: int, *, timeout: float | None)
     ``count`` is read from the source.  ``timeout``: seconds without progress before
     :class:`SpliceTimeout` (None or 0: no limit).  Raises :class:`SpliceIncomplete` when the
     source ends early, :class:`SpliceConnectionError` when a socket fails.  A cancelled
-    call leaves no reader, writer or fd behind.
+    call leaves no reader, writer or fd behind.  ``pipe``: the caller's (from
+    :class:`Pipes`, left open: empty after a complete splice, not after an exception);
+    without one a pipe is made and closed for this call.
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
@@ -100,14 +187,18 @@ async def splice(src_fd: int, dst_fd: int, count: int, *, timeout: float | None)
             raise ValueError(f"fd {fd} is in blocking mode")
     loop = asyncio.get_running_loop()
     fds: list[int] = []
+    own_pipe = pipe is None
     try:
         fds.append(os.dup(src_fd))
         fds.append(os.dup(dst_fd))
-        fds.extend(os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
-        await _Relay(loop, fds[0], fds[1], fds[2], fds[3], count, timeout or 0.0).run()
+        if pipe is None:
+            pipe = Pipe()
+        await _Relay(loop, fds[0], fds[1], pipe, count, timeout or 0.0).run()
     finally:
         for fd in fds:  # readers/writers were removed in _Relay._wait's finally
             os.close(fd)
+        if own_pipe and pipe is not None:
+            pipe.close()
 
 
 class _Relay:
@@ -117,10 +208,10 @@ class _Relay:
                  "_timeout", "_mark", "_mark_progress", "_timer", "_waiter", "_waiting_src",
                  "_pipe_size")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, src: int, dst: int, pr: int, pw: int,
+    def __init__(self, loop: asyncio.AbstractEventLoop, src: int, dst: int, pipe: Pipe,
                  count: int, timeout: float) -> None:
         self._loop = loop
-        self._src, self._dst, self._pr, self._pw = src, dst, pr, pw
+        self._src, self._dst, self._pr, self._pw = src, dst, pipe.read_fd, pipe.write_fd
         self._count = count
         self._left = count  # bytes still to write to the destination
         self._read = 0  # bytes taken from the source
@@ -130,14 +221,7 @@ class _Relay:
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._waiting_src = False
-        try:  # a bigger pipe: fewer syscalls and loop iterations per byte
-            fcntl.fcntl(pw, _F_SETPIPE_SZ, _PIPE_SIZE)
-        except OSError:
-            pass  # EPERM above pipe-max-size or over the user's pipe quota: keep the default
-        try:
-            self._pipe_size = fcntl.fcntl(pw, _F_GETPIPE_SZ)
-        except OSError:  # pragma: no cover - kernels without F_GETPIPE_SZ
-            self._pipe_size = 64 * 1024
+        self._pipe_size = pipe.size
 
     async def run(self) -> None:
         splice_ = _SPLICE

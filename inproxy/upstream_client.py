@@ -121,12 +121,14 @@ class SpliceBody:
 
     ``complete`` tells the caller afterwards whether all ``remaining`` bytes were taken
     from ``fd``: False after an early answer or a failure, and then the client's socket is
-    somewhere inside the body (bytes may have been read and dropped): close it."""
+    somewhere inside the body (bytes may have been read and dropped): close it.  ``pipe``:
+    the :class:`inproxy.splice.Pipe` to splice through (None: one is made for the splice);
+    it is empty afterwards only when ``complete``."""
 
-    __slots__ = ("prefix", "fd", "remaining", "timeout", "complete")
+    __slots__ = ("prefix", "fd", "remaining", "timeout", "complete", "pipe")
 
     def __init__(self, prefix: bytes, fd: int, remaining: int,
-                 timeout: float | None = 60.0) -> None:
+                 timeout: float | None = 60.0, pipe: "_splice.Pipe | None" = None) -> None:
         if remaining < 0:
             raise ValueError(f"remaining must be >= 0, got {remaining}")
         self.prefix = prefix
@@ -134,6 +136,7 @@ class SpliceBody:
         self.remaining = remaining
         self.timeout = timeout
         self.complete = False
+        self.pipe = pipe
 
     def __repr__(self) -> str:
         return f"<SpliceBody prefix={len(self.prefix)} fd={self.fd} remaining={self.remaining}>"
@@ -536,7 +539,7 @@ class _Connection(asyncio.Protocol):
             raise self.failed() or ServerDisconnectedError()
         # A task, so that an answer or a failure of the connection can stop it.
         task = self._loop.create_task(
-            _splice.splice(body.fd, fd, body.remaining, timeout=body.timeout))
+            _splice.splice(body.fd, fd, body.remaining, timeout=body.timeout, pipe=body.pipe))
         try:
             while not task.done() and self._quiet():
                 await self._event_or(task)

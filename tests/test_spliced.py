@@ -224,3 +224,46 @@ def test_spliced_both_ways_on_uvloop(seaweed, bucket):
         assert s3.get_object(Bucket=bucket, Key="uv")["Body"].read() == data
     assert [(op, spliced) for op, spliced, _, _ in seen.requests] == [
         ("PutObject", ("request",)), ("GetObject", ("response",))]
+
+
+async def test_beyond_max_splices_bodies_are_copied_and_the_pipe_is_reused(seaweed, bucket, big):
+    """One pipe (max_splices=1): while a slow client holds it, another large GET is copied
+    through Python, byte-exact; once given back the pipe serves the next splice."""
+    seen = Seen()
+    async with ProxyServer(backend_for(seaweed), keys={AK: SK}, authorizer=AllowAll(), hooks=seen,
+                           max_splices=1) as proxy:
+        s3 = _client(proxy)
+        url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "big"})
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(_head(proxy, "GET", url))
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), T)
+            first = await asyncio.wait_for(reader.readexactly(1024 * 1024), T)  # then it stops reading
+            assert proxy.pipeline.pipes.in_use == 1
+            copied = await _in_thread(lambda: s3.get_object(Bucket=bucket, Key="big")["Body"].read())
+            rest = await asyncio.wait_for(reader.readexactly(len(big) - len(first)), T)
+        finally:
+            writer.transport.abort()
+        assert head.startswith(b"HTTP/1.1 200") and _sha(first + rest) == _sha(big)
+        assert _sha(copied) == _sha(big)
+        pipe = proxy.pipeline.pipes.take()
+        proxy.pipeline.pipes.give_back(pipe, clean=True)
+        again = await _in_thread(lambda: s3.get_object(Bucket=bucket, Key="big")["Body"].read())
+        assert _sha(again) == _sha(big) and proxy.pipeline.pipes.take() is pipe  # the same pipe
+        proxy.pipeline.pipes.give_back(pipe, clean=True)
+    assert [(op, spliced, status) for op, spliced, status, _ in seen.requests] == [
+        ("GetObject", (), 200), ("GetObject", ("response",), 200), ("GetObject", ("response",), 200)]
+
+
+async def test_max_splices_zero_never_splices(seaweed, bucket, big):
+    seen = Seen()
+    data = os.urandom(SPLICE_MIN_BYTES * 2)
+    async with ProxyServer(backend_for(seaweed), keys={AK: SK}, authorizer=AllowAll(), hooks=seen,
+                           max_splices=0) as proxy:
+        s3 = _client(proxy)
+        put = s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "never"})
+        assert (await _in_thread(lambda: requests.put(put, data=data, timeout=T))).status_code == 200
+        got = await _in_thread(lambda: s3.get_object(Bucket=bucket, Key="never")["Body"].read())
+    assert got == data
+    assert [(op, spliced) for op, spliced, _, _ in seen.requests] == [("PutObject", ()), ("GetObject", ())]

@@ -18,6 +18,8 @@ except ImportError:  # pragma: no cover - an aiohttp without it
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from ..splice import Pipe
+
     from .protocol import FrontConnection
 
 # Framing and other hop-by-hop headers are the writer's business: whatever a handler or a
@@ -136,10 +138,12 @@ class ResponseWriter:
         self._send(piece)
         await self.drain()
 
-    async def splice_body(self, src_fd: int, count: int, *, timeout: float | None) -> None:
+    async def splice_body(self, src_fd: int, count: int, *, timeout: float | None,
+                          pipe: "Pipe | None" = None) -> None:
         """Send the next ``count`` body bytes straight from socket ``src_fd`` to the client's
-        (:func:`inproxy.splice.splice`): what was written before leaves first, the bytes never
-        enter Python.  Only with a Content-Length that covers them, on a plain-TCP client."""
+        (:func:`inproxy.splice.splice`, through ``pipe`` if given): what was written before
+        leaves first, the bytes never enter Python.  Only with a Content-Length that covers
+        them, on a plain-TCP client."""
         remaining = self._remaining
         if self.finished or self._chunked or remaining is None or count > remaining:
             raise ValueError("splicing needs a response with a Content-Length covering the bytes")
@@ -150,7 +154,7 @@ class ResponseWriter:
         self._send(b"")  # the head, if still held
         await conn.drain_empty()
         self._remaining = remaining - count
-        await splice(src_fd, dst_fd, count, timeout=timeout)
+        await splice(src_fd, dst_fd, count, timeout=timeout, pipe=pipe)
 
     def end(self, data: bytes) -> bool:
         """The last body piece and the end of the answer in one write (the head too, if it
