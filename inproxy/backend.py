@@ -29,6 +29,16 @@ class Backend:
     provider returning ``Credentials(bearer_token=...)`` sends an IAM token).
     ``keepalive_timeout`` stays below the ~20 s after which S3 drops idle
     connections.
+
+    ``forward_checksums``: a client's ``aws-chunked`` body that ends with a trailing
+    checksum (boto3 >= 1.36 over HTTPS) is decoded and verified by the proxy either way.
+    When on, the verified checksum goes on to the backend in a trailer of the proxy's own
+    framing (:mod:`inproxy.s3.reframe`), so the object stores it and a multipart upload
+    created with a ``ChecksumAlgorithm`` gets the part checksums AWS requires; when off,
+    the body goes on plain with ``Content-Length`` and the checksum is dropped.  ``None``
+    (the default) means on for ``"s3"`` and off for the others: GCS's XML API knows no
+    ``aws-chunked``.  Never forwarded while a ``request_body_filter`` hook may change the
+    bytes (the client's checksum would then be wrong).
     """
 
     endpoint: str
@@ -43,6 +53,7 @@ class Backend:
     read_timeout: float = 300.0
     keepalive_timeout: float = 15.0
     max_connections: int = 256
+    forward_checksums: bool | None = None
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.endpoint)
@@ -67,6 +78,13 @@ class Backend:
     def unsigned_headers(self) -> frozenset[str]:
         """Headers never signed for this backend (GCS's front end rewrites Accept-Encoding)."""
         return _GCS_UNSIGNED if self.flavor == "gcs" else _NONE
+
+    @property
+    def forwards_checksums(self) -> bool:
+        """Whether a client's verified trailing checksum goes on to this backend."""
+        if self.forward_checksums is None:
+            return self.flavor == "s3"
+        return self.forward_checksums
 
     def backend_bucket(self, client_bucket: str | None) -> str | None:
         """The bucket name the backend knows, after renaming."""

@@ -15,20 +15,23 @@ from typing import TYPE_CHECKING, AsyncIterator
 from aiohttp.web_protocol import RequestPayloadError
 
 from . import errors
-from .s3 import sigv4
+from .s3 import reframe, sigv4
 from .s3.chunked import AwsChunkedDecoder
 
 if TYPE_CHECKING:
     from .context import RequestContext
     from .front import FrontRequest
 
-__all__ = ["STATE_CONTINUE_SENT", "chunk_decoder", "client_body", "decoded_length", "is_aws_chunked",
-           "once", "read_all", "send_continue", "sha256_checked", "verified_body"]
+__all__ = ["STATE_CHUNK_DECODER", "STATE_CONTINUE_SENT", "chunk_decoder", "client_body", "decoded_length",
+           "forward_checksum", "is_aws_chunked", "once", "read_all", "send_continue", "sha256_checked",
+           "verified_body"]
 
 log = logging.getLogger("inproxy")
 
 #: ``ctx.state`` key: ``True`` once ``100 Continue`` has been written to the client.
 STATE_CONTINUE_SENT = "continue_sent"
+#: ``ctx.state`` key: the :class:`AwsChunkedDecoder` of the client's body, once one was made.
+STATE_CHUNK_DECODER = "chunk_decoder"
 _STREAMING_PREFIX = "STREAMING-"
 
 
@@ -71,6 +74,7 @@ def verified_body(ctx: "RequestContext", chunked: bool, client_hash: str, *,
     if chunked:
         length = decoded_length(request)
         decoder = chunk_decoder(ctx, length, client_hash)
+        ctx.state[STATE_CHUNK_DECODER] = decoder  # its verified checksum may go on: forward_checksum
         return decoder.decode(client_body(request, declared)), length
     if declared is None:
         if request.body_exists:
@@ -104,6 +108,25 @@ def chunk_decoder(ctx: "RequestContext", decoded_length: int, client_hash: str) 
         chunk_verifier=getattr(verifier, "verify_chunk", None),
         trailer_verifier=getattr(verifier, "verify_trailer", None) if signed_trailer else None,
     )
+
+
+def forward_checksum(ctx: "RequestContext", headers: dict[str, str]) -> bool:
+    """Re-frame ``ctx.body``, the decoded aws-chunked body, so that its one trailing checksum
+    goes on to the backend once verified (:mod:`inproxy.s3.reframe`): sets ``ctx.body``,
+    ``ctx.body_length`` and the framing ``headers``.  Whether it did: not when the backend
+    does not take checksums, nor when the client sent none (or several)."""
+    decoder: AwsChunkedDecoder | None = ctx.state.get(STATE_CHUNK_DECODER)
+    if decoder is None or ctx.body is None or ctx.body_length is None or not ctx.backend.forwards_checksums:
+        return False
+    names = decoder.checksum_names
+    if len(names) != 1:
+        return False
+    trailer = names[0]
+    algorithm = ctx.request.headers.get("x-amz-sdk-checksum-algorithm")
+    reframe.reframed_headers(headers, trailer, ctx.body_length, algorithm)
+    ctx.body = reframe.reframe(ctx.body, decoder, trailer)
+    ctx.body_length = reframe.framed_length(ctx.body_length, trailer)
+    return True
 
 
 async def client_body(request: "FrontRequest", declared: int | None) -> AsyncIterator[bytes]:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from . import errors, spliced
 from .authorize import STATE_BUFFERED_BODY, authorize_request, upstream_headers
-from .body import is_aws_chunked, once, send_continue, verified_body
+from .body import forward_checksum, is_aws_chunked, once, send_continue, verified_body
 from .context import AccessRequest, RequestContext, RequestIds, UpstreamRequest
 from .decisions import ScopedDecisions, is_allowed
 from .errors import S3Error
@@ -183,11 +183,15 @@ class Pipeline:
         # A presigned URL's own parameters are all its query, usually: nothing to canonicalise.
         query = "" if s3.params.keys() <= PRESIGN_PARAMS else s3.canonical_query(drop=PRESIGN_PARAMS)
         ctx.body, ctx.body_length = self._request_body(ctx, chunked, client_hash)
+        buffered = ctx.state.get(STATE_BUFFERED_BODY)
+        # The client's trailing checksum goes on, verified; not when a hook may change the bytes.
+        reframed = chunked and buffered is None and not self._filters_body and forward_checksum(ctx, headers)
         if ctx.body_length is not None and (ctx.body is not None or request.method in ("PUT", "POST")):
             headers["content-length"] = str(ctx.body_length)
         payload_hash = client_hash if client_hash and not chunked and sigv4.is_sha256_hex(client_hash) \
             else sigv4.UNSIGNED_PAYLOAD
-        buffered = ctx.state.get(STATE_BUFFERED_BODY)
+        if reframed:  # the proxy's own framing: see inproxy.s3.reframe
+            payload_hash = sigv4.STREAMING_UNSIGNED_PAYLOAD_TRAILER
         if buffered is not None:  # held whole: sign its real hash (unless a hook may change it)
             payload_hash = sigv4.UNSIGNED_PAYLOAD if self._filters_body else hashlib.sha256(buffered).hexdigest()
         return UpstreamRequest(request.method, backend.scheme, host, path, query, headers, payload_hash)

@@ -27,7 +27,7 @@ from inproxy.errors import (
     S3Error,
     SignatureDoesNotMatch,
 )
-from inproxy.s3 import chunked
+from inproxy.s3 import chunked, reframe
 from inproxy.s3.chunked import AwsChunkedDecoder, canonical_trailers
 
 MiB = 1024 * 1024
@@ -755,6 +755,72 @@ def test_mutated_bodies_fail_cleanly(position, action, byte, cut) -> None:
         assert got == b"hello world"
     else:
         assert len(got) < 11
+
+
+# --------------------------------------------------------------------------- re-framing for the backend
+
+async def _reframed(data: bytes, checksum: str, pieces: list[bytes], chunk_size: int = reframe.CHUNK_SIZE
+                    ) -> tuple[list[bytes], BaseException | None]:
+    """What :func:`reframe.reframe` yields for a botocore body cut into ``pieces``, and its error."""
+    trailer = f"x-amz-checksum-{checksum}"
+    decoder = AwsChunkedDecoder(decoded_length=len(data), trailer_names=[trailer])
+    out: list[bytes] = []
+    try:
+        async for part in reframe.reframe(decoder.decode(_source(pieces)), decoder, trailer, chunk_size):
+            out.append(part)
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        return out, exc
+    return out, None
+
+
+@pytest.mark.parametrize("size", [0, 1, 65_535, 65_536, 65_537, 3 * 65_536, 300_001])
+@pytest.mark.parametrize("checksum", ["crc32", "sha256"])
+async def test_reframe_roundtrip(size: int, checksum: str) -> None:
+    data = make_data(size, seed=size)
+    body = botocore_body(data, checksum)
+    trailer = f"x-amz-checksum-{checksum}"
+    for pieces in ([body], random_pieces(body, random.Random(size), 200_000)):
+        out, err = await _reframed(data, checksum, pieces)
+        assert err is None
+        framed = b"".join(out)
+        # exactly the Content-Length announced before the body started
+        assert len(framed) == reframe.framed_length(size, trailer)
+        # the backend's view: fixed 64 KiB chunks then the verified checksum, which decodes
+        decoder = AwsChunkedDecoder(decoded_length=size, trailer_names=[trailer])
+        assert await collect(decoder, [framed]) == data
+        expected = crc32_b64(data) if checksum == "crc32" else b64(hashlib.sha256(data).digest())
+        assert decoder.trailers == {trailer: expected}
+        # never more than one chunk at a time, whatever the pieces the client sent
+        assert max(len(part) for part in out) <= reframe.CHUNK_SIZE + 10
+        assert framed.startswith(b"10000\r\n" if size >= 65_536 else b"%x\r\n" % size)
+
+
+@pytest.mark.parametrize("name", sorted(chunked.CHECKSUM_TRAILERS))
+def test_framed_length_of_every_algorithm(name: str) -> None:
+    value = b64(bytes(chunked.DIGEST_SIZES[name]))
+    assert reframe.framed_length(0, name) == len(f"0\r\n{name}:{value}\r\n\r\n")
+    assert reframe.framed_length(5, name, chunk_size=2) == len(f"2\r\nab\r\n" * 2 + "1\r\na\r\n"
+                                                               f"0\r\n{name}:{value}\r\n\r\n")
+
+
+async def test_reframe_sends_no_trailer_when_the_checksum_is_wrong() -> None:
+    data = make_data(200_000, seed=3)
+    body = botocore_body(data, "crc32")
+    head, _, _ = body[:-4].rpartition(b":")
+    bad = head + b":" + crc32_b64(b"other").encode() + b"\r\n\r\n"
+    out, err = await _reframed(data, "crc32", random_pieces(bad, random.Random(4)))
+    assert isinstance(err, BadDigest)
+    framed = b"".join(out)
+    # the backend gets less than its Content-Length, and no checksum at all
+    assert len(framed) < reframe.framed_length(len(data), "x-amz-checksum-crc32")
+    assert b"x-amz-checksum" not in framed and not framed.endswith(b"0\r\n")
+
+
+def test_verified_checksum_only_once_decoded() -> None:
+    decoder = AwsChunkedDecoder(decoded_length=1, trailer_names=["x-amz-checksum-crc32", "x-amz-meta-a"])
+    assert decoder.checksum_names == ["x-amz-checksum-crc32"]
+    with pytest.raises(RuntimeError):
+        decoder.verified_checksum("x-amz-checksum-crc32")
 
 
 # --------------------------------------------------------------------------- throughput

@@ -59,6 +59,7 @@ from inproxy.errors import (
 __all__ = [
     "ACCELERATED_CRC",
     "CHECKSUM_TRAILERS",
+    "DIGEST_SIZES",
     "STREAMING_SIGNED_PAYLOAD",
     "STREAMING_SIGNED_PAYLOAD_TRAILER",
     "STREAMING_UNSIGNED_PAYLOAD_TRAILER",
@@ -243,8 +244,9 @@ CHECKSUM_TRAILERS: dict[str, Callable[[], _Checksum]] = {
 }
 """Trailer names whose value is checked against the decoded data."""
 
-_DIGEST_SIZES = {"x-amz-checksum-crc32": 4, "x-amz-checksum-crc32c": 4, "x-amz-checksum-crc64nvme": 8,
-                 "x-amz-checksum-sha1": 20, "x-amz-checksum-sha256": 32}
+DIGEST_SIZES = {"x-amz-checksum-crc32": 4, "x-amz-checksum-crc32c": 4, "x-amz-checksum-crc64nvme": 8,
+                "x-amz-checksum-sha1": 20, "x-amz-checksum-sha256": 32}
+"""Size in bytes of each checksum trailer's digest (its value is the base64 of that many bytes)."""
 
 
 def canonical_trailers(trailers: dict[str, str]) -> bytes:
@@ -394,6 +396,19 @@ class AwsChunkedDecoder:
         self._finish()
         if pending is not None:
             yield pending
+
+    @property
+    def checksum_names(self) -> list[str]:
+        """The declared trailers whose checksum this decoder computes and compares."""
+        return [name for name, _ in self._checksums]
+
+    def verified_checksum(self, name: str) -> str:
+        """The value of checksum trailer ``name`` once :meth:`decode` has finished: the
+        checksum computed over the decoded data, which matched the one sent, in canonical base64."""
+        if self._state != _DONE:
+            raise RuntimeError("the checksum is verified only once the whole body is decoded")
+        checksum = dict(self._checksums)[name]
+        return base64.b64encode(checksum.digest()).decode("ascii")
 
     # ------------------------------------------------------------------ parsing
 
@@ -551,7 +566,7 @@ class AwsChunkedDecoder:
                 sent = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 raise InvalidDigest(f"aws-chunked: {name} is not valid base64") from None
-            if len(sent) != _DIGEST_SIZES[name]:
+            if len(sent) != DIGEST_SIZES[name]:
                 raise InvalidDigest(f"aws-chunked: {name} has the wrong length")
             if sent != checksum.digest():
                 raise BadDigest(f"The {name[len('x-amz-checksum-'):].upper()} you specified did not "

@@ -16,7 +16,8 @@ CLIENT_AUTH = frozenset({
 })
 # Framing of aws-chunked bodies: dropped when the proxy decodes the body.  The trailing
 # checksum is verified by the proxy and cannot follow a plain body, so the header that
-# announces it goes too (S3 refuses the algorithm header without its checksum).
+# announces it goes too (S3 refuses the algorithm header without its checksum).  When the
+# checksum goes on (inproxy.s3.reframe) the proxy announces its own framing instead.
 CHUNKED_FRAMING = frozenset({"x-amz-decoded-content-length", "x-amz-trailer", "x-amz-sdk-checksum-algorithm"})
 _DROPPED = HOP_BY_HOP | CLIENT_AUTH
 _DROPPED_DECODING = _DROPPED | CHUNKED_FRAMING
