@@ -41,7 +41,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from . import errors
-from .body import decoded_length, is_aws_chunked, once, read_all, send_continue, verified_body
+from .body import client_payload_hash, decoded_length, is_aws_chunked, once, read_all, send_continue, verified_body
 from .context import AccessRequest
 from .decisions import all_allowed, allowed_or_pending, is_allowed
 from .s3.multi import CopySource, check_content_md5, check_key, content_md5, parse_copy_source, parse_delete_request
@@ -123,7 +123,7 @@ async def _read_delete_body(ctx: "RequestContext") -> bytes:
     """The whole DeleteObjects body, verified as a forwarded body is (and its payload hash
     always); sends ``100 Continue`` first when the client waits for it."""
     request = ctx.request
-    client_hash = request.headers.get("x-amz-content-sha256", "")
+    client_hash = client_payload_hash(request)
     chunked = is_aws_chunked(request, client_hash)
     _check_delete_body_size(request, chunked)
     await send_continue(ctx)

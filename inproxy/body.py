@@ -17,12 +17,14 @@ from aiohttp.web_protocol import RequestPayloadError
 from . import errors
 from .s3 import reframe, sigv4
 from .s3.chunked import AwsChunkedDecoder
+from .s3.headers import decimal_count
 
 if TYPE_CHECKING:
     from .context import RequestContext
     from .front import FrontRequest
 
-__all__ = ["STATE_CHUNK_DECODER", "STATE_CONTINUE_SENT", "chunk_decoder", "client_body", "decoded_length",
+__all__ = ["STATE_CHUNK_DECODER", "STATE_CONTINUE_SENT", "chunk_decoder", "client_body", "client_payload_hash",
+           "decoded_length",
            "forward_checksum", "is_aws_chunked", "once", "read_all", "send_continue", "sha256_checked",
            "verified_body"]
 
@@ -44,6 +46,31 @@ async def send_continue(ctx: "RequestContext") -> None:
         ctx.state[STATE_CONTINUE_SENT] = True
 
 
+# What x-amz-content-sha256 may say besides a SHA-256 (S3 refuses anything else).
+_PAYLOAD_SENTINELS = frozenset({
+    sigv4.UNSIGNED_PAYLOAD, sigv4.STREAMING_PAYLOAD, sigv4.STREAMING_PAYLOAD_TRAILER,
+    sigv4.STREAMING_UNSIGNED_PAYLOAD_TRAILER, sigv4.STREAMING_ECDSA_PAYLOAD,
+    sigv4.STREAMING_ECDSA_PAYLOAD_TRAILER,
+})
+
+
+def client_payload_hash(request: "FrontRequest") -> str:
+    """The client's ``x-amz-content-sha256`` ("" without one): a sentinel, or a SHA-256 in
+    lower-case hex (upper-case hex is lowered).  Anything else is refused, as S3 does: it
+    would otherwise pass as "no hash" and the body go on unchecked."""
+    value = request.headers.get("x-amz-content-sha256", "")
+    if not value or value in _PAYLOAD_SENTINELS or sigv4.is_sha256_hex(value):
+        return value
+    lowered = value.lower()
+    if sigv4.is_sha256_hex(lowered):
+        return lowered
+    raise errors.InvalidArgument(
+        "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER, "
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD, STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER, "
+        "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD, STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER "
+        "or a valid sha256 value.")
+
+
 def is_aws_chunked(request: "FrontRequest", client_hash: str) -> bool:
     """Whether the body is ``aws-chunked``: a streaming payload hash or the content encoding says so."""
     if client_hash.startswith(_STREAMING_PREFIX):
@@ -57,9 +84,12 @@ def is_aws_chunked(request: "FrontRequest", client_hash: str) -> bool:
 def decoded_length(request: "FrontRequest") -> int:
     """``x-amz-decoded-content-length`` of an aws-chunked body (required)."""
     decoded = request.headers.get("x-amz-decoded-content-length")
-    if decoded is None or not decoded.isdigit():
+    if decoded is None:
         raise errors.MissingContentLength("aws-chunked bodies need x-amz-decoded-content-length.")
-    return int(decoded)
+    length = decimal_count(decoded)
+    if length is None:
+        raise errors.InvalidArgument("x-amz-decoded-content-length must be a non-negative integer.")
+    return length
 
 
 def verified_body(ctx: "RequestContext", chunked: bool, client_hash: str, *,

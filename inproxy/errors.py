@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from xml.sax.saxutils import escape
+
+from .s3.xml import xml_text
 
 
 class S3Error(Exception):
@@ -30,13 +31,13 @@ class S3Error(Exception):
 
     def to_xml(self, *, resource: str = "", request_id: str = "") -> bytes:
         """The S3 ``<Error>`` document for this error."""
-        parts = [f"<Code>{escape(self.code)}</Code>", f"<Message>{escape(self.message)}</Message>"]
+        parts = [f"<Code>{xml_text(self.code)}</Code>", f"<Message>{xml_text(self.message)}</Message>"]
         for name, value in self.extra.items():
-            parts.append(f"<{name}>{escape(str(value))}</{name}>")
+            parts.append(f"<{name}>{xml_text(str(value))}</{name}>")
         if resource:
-            parts.append(f"<Resource>{escape(resource)}</Resource>")
+            parts.append(f"<Resource>{xml_text(resource)}</Resource>")
         if request_id:
-            parts.append(f"<RequestId>{escape(request_id)}</RequestId>")
+            parts.append(f"<RequestId>{xml_text(request_id)}</RequestId>")
         body = '<?xml version="1.0" encoding="UTF-8"?>\n<Error>' + "".join(parts) + "</Error>"
         return body.encode()
 

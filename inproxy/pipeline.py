@@ -13,7 +13,7 @@ from aiohttp import web
 
 from . import errors, spliced
 from .authorize import STATE_BUFFERED_BODY, authorize_request, upstream_headers
-from .body import forward_checksum, is_aws_chunked, once, send_continue, verified_body
+from .body import client_payload_hash, forward_checksum, is_aws_chunked, once, send_continue, verified_body
 from .context import AccessRequest, RequestContext, RequestIds, UpstreamRequest
 from .decisions import ScopedDecisions, is_allowed
 from .errors import S3Error
@@ -173,7 +173,7 @@ class Pipeline:
 
     def _upstream_request(self, ctx: RequestContext) -> UpstreamRequest:
         s3, backend, request = ctx.s3, ctx.backend, ctx.request
-        client_hash = request.headers.get("x-amz-content-sha256", "")
+        client_hash = client_payload_hash(request)
         chunked = is_aws_chunked(request, client_hash)
         headers = forwarded_headers(request.headers.items(), decoding_chunked=chunked)
         if ctx.state:  # what authorization left: content-md5, a rewritten x-amz-copy-source

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors
 from .body import once
+from .s3.headers import decimal_count
 from .splice import Pipes, SpliceConnectionError, SpliceTimeout, available
 from .upstream_client import SpliceBody
 
@@ -43,7 +44,8 @@ def supported(pipeline: "Pipeline") -> tuple[bool, bool]:
 
 
 def _large(length: Any) -> bool:
-    return isinstance(length, str) and length.isdigit() and int(length) >= SPLICE_MIN_BYTES
+    count = decimal_count(length) if isinstance(length, str) else None
+    return count is not None and count >= SPLICE_MIN_BYTES
 
 
 async def relay_response(ctx: "RequestContext", upstream: Any, writer: "ResponseWriter",

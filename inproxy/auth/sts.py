@@ -48,13 +48,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 from urllib.parse import parse_qsl
-from xml.sax.saxutils import escape
 
 from aiohttp import web
 
 from .. import errors
 from ..hooks import call_hook
 from ..identity import Identity
+from ..s3.headers import decimal_count
+from ..s3.xml import xml_text
 from .jwt import JWTMalformed, JWTRejected, JWTVerifier, KeysUnavailable
 
 if TYPE_CHECKING:
@@ -86,8 +87,8 @@ class STSError(Exception):
         """STS's ``ErrorResponse`` document."""
         kind = "Sender" if self.status < 500 else "Receiver"
         return (f'<ErrorResponse xmlns="{STS_NAMESPACE}"><Error><Type>{kind}</Type>'
-                f"<Code>{escape(self.code)}</Code><Message>{escape(self.message)}</Message></Error>"
-                f"<RequestId>{escape(request_id)}</RequestId></ErrorResponse>").encode()
+                f"<Code>{xml_text(self.code)}</Code><Message>{xml_text(self.message)}</Message></Error>"
+                f"<RequestId>{xml_text(request_id)}</RequestId></ErrorResponse>").encode()
 
 
 @dataclass(frozen=True)
@@ -248,9 +249,10 @@ def parse_call(params: Mapping[str, str]) -> WebIdentityRequest:
 def _duration(value: str | None) -> int | None:
     if value is None or value == "":
         return None
-    if not value.isdigit() or not 1 <= int(value) <= 43200:
+    seconds = decimal_count(value, max_digits=5)
+    if seconds is None or not 1 <= seconds <= 43200:
         raise STSError("ValidationError", _constraint("durationSeconds", "an integer between 1 and 43200"))
-    return int(value)
+    return seconds
 
 
 def _constraint(name: str, what: str) -> str:
@@ -290,7 +292,7 @@ def _result_xml(call: WebIdentityRequest, claims: Mapping[str, Any], creds: "Cre
     result = _xml(fields)
     return (f'<AssumeRoleWithWebIdentityResponse xmlns="{STS_NAMESPACE}">'
             f"<AssumeRoleWithWebIdentityResult>{result}</AssumeRoleWithWebIdentityResult>"
-            f"<ResponseMetadata><RequestId>{escape(request_id)}</RequestId></ResponseMetadata>"
+            f"<ResponseMetadata><RequestId>{xml_text(request_id)}</RequestId></ResponseMetadata>"
             f"</AssumeRoleWithWebIdentityResponse>").encode()
 
 
@@ -299,7 +301,7 @@ class _Raw(str):
 
 
 def _xml(fields: list[tuple[str, str]]) -> _Raw:
-    return _Raw("".join(f"<{name}>{value if isinstance(value, _Raw) else escape(value)}</{name}>"
+    return _Raw("".join(f"<{name}>{value if isinstance(value, _Raw) else xml_text(value)}</{name}>"
                         for name, value in fields))
 
 

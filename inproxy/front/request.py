@@ -9,6 +9,7 @@ from aiohttp import HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import MultiDict, MultiDictProxy
 
+from ..s3.headers import decimal_count
 from .response import ResponseWriter
 
 if TYPE_CHECKING:
@@ -104,8 +105,7 @@ class FrontRequest:
 
     @property
     def content_length(self) -> int | None:
-        value = self.headers.get("content-length")
-        return int(value) if value is not None and value.isdigit() else None
+        return decimal_count(self.headers.get("content-length"))
 
     @property
     def body_exists(self) -> bool:

@@ -76,3 +76,13 @@ def headers_to_sign(headers: Mapping[str, str], unsigned: frozenset[str] = froze
 def response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The backend's response headers to pass to the client."""
     return [(n, v) for n, v in headers if n.lower() not in RESPONSE_HOP_BY_HOP]
+
+
+def decimal_count(value: str | None, max_digits: int = 18) -> int | None:
+    """The integer of a count as HTTP sends one (Content-Length and the like): ASCII
+    digits only, at most ``max_digits``; None for anything else.  ``str.isdigit()`` alone
+    takes "²" and thousands of digits, on which ``int()`` raises."""
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > max_digits:
+        return None
+    return int(value)
+

@@ -205,7 +205,8 @@ def parse_copy_source(value: str) -> CopySource:
         raise InvalidArgument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey.")
     try:
         key = unquote(raw_key, errors="strict")
-    except UnicodeDecodeError:
+        key.encode("utf-8")  # raw non-UTF-8 bytes of the header arrive as lone surrogates
+    except UnicodeError:
         raise InvalidArgument("The copy source key is not valid percent-encoded UTF-8.") from None
     check_key(key)
     return CopySource(bucket, key, version_id, raw)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from xml.sax.saxutils import escape
 
+from .headers import decimal_count
+
 # Elements of S3 responses that carry the bucket name (ListBucketResult/Name,
 # *MultipartUpload*/Bucket, Error/BucketName) or a path or URL that starts with it.
 _NAME_TAGS = (b"Name", b"Bucket", b"BucketName")
@@ -16,7 +18,8 @@ def is_rewritable(content_type: str | None, content_length: str | None) -> bool:
     """An XML body of known, bounded size (others stream through untouched)."""
     if not content_type or "xml" not in content_type.lower():
         return False
-    return content_length is not None and content_length.isdigit() and int(content_length) <= MAX_REWRITE_BYTES
+    length = decimal_count(content_length)
+    return length is not None and length <= MAX_REWRITE_BYTES
 
 
 def rename_bucket(body: bytes, backend_bucket: str, client_bucket: str) -> bytes:

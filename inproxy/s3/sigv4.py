@@ -432,11 +432,10 @@ def parse_http_date(value: str) -> datetime:
     string to sign then carries :func:`format_amz_date` of it."""
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        when = None
-    if when is None:
-        raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header")
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+        # In the try too: a date near year 1 or 9999 can leave datetime's range in UTC.
+        return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    except (TypeError, ValueError, IndexError, OverflowError, AttributeError):
+        raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header") from None
 
 
 # -- parsing the client's signature ---------------------------------------------------------
