@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import hashlib
 import hmac
 import io
-import ipaddress
 import random
 import ssl
 import threading
@@ -34,7 +32,7 @@ from botocore.exceptions import ClientError
 
 from inproxy import AllowAll, Backend, ProxyHooks, ProxyServer
 
-from util import backend_for, s3_client, signed_headers
+from util import backend_for, s3_client, signed_headers, tls_server_context
 
 MiB = 1024 * 1024
 AK, SK = "AKCHECKSUMS", "checksums-test-secret"
@@ -114,30 +112,8 @@ def _assert_trailer_sent(headers: dict[str, str], trailer: str) -> None:
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory) -> tuple[ssl.SSLContext, str]:
-    """(server context, CA file): a self-signed certificate for 127.0.0.1."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    directory = tmp_path_factory.mktemp("tls")
-    now = datetime.datetime.now(datetime.timezone.utc)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    (directory / "cert.pem").write_bytes(cert.public_bytes(pem))
-    (directory / "key.pem").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
-    return context, str(directory / "cert.pem")
+    """(server context, CA file) for 127.0.0.1."""
+    return tls_server_context(tmp_path_factory.mktemp("tls"))
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from boto3.s3.transfer import TransferConfig  # noqa: E402
 from botocore.exceptions import ClientError  # noqa: E402
 
 from inproxy import AllowAll, ProxyHooks, ProxyServer, clients  # noqa: E402
-from util import backend_for  # noqa: E402
+from util import backend_for, tls_server_context  # noqa: E402
 
 IDENTITY = "clients-matrix"
 MiB = 1024 * 1024
@@ -713,57 +713,9 @@ def test_s5cmd(cfg, bucket, admin, recorder, tmp_path):
 # -- HTTPS: each client's way of trusting the proxy's own CA ------------------------------------
 
 
-def _pki(directory: Path):
-    """A CA and a server certificate for 127.0.0.1/localhost: (server SSLContext, CA bundle path)."""
-    import datetime
-    import ipaddress
-    import ssl
-
-    x509 = pytest.importorskip("cryptography.x509")
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    valid = dict(not_valid_before=now - datetime.timedelta(minutes=5),
-                 not_valid_after=now + datetime.timedelta(hours=2))
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "inproxy clients test CA")])
-
-    def builder(subject, public_key):
-        b = x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public_key)
-        b = b.serial_number(x509.random_serial_number())
-        return b.not_valid_before(valid["not_valid_before"]).not_valid_after(valid["not_valid_after"])
-
-    ca = (builder(ca_name, ca_key.public_key())
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, encipher_only=False,
-                                       decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    cert = (builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), key.public_key())
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (directory / "cert.pem").write_bytes(cert.public_bytes(pem))
-    (directory / "key.pem").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
-    return context, str(directory / "ca.pem")
-
-
 def test_https_with_the_proxy_own_ca(seaweed, tmp_path, monkeypatch):
     """Every client trusts an HTTPS proxy's private CA the way clients.py tells it to."""
-    context, ca = _pki(tmp_path)
+    context, ca = tls_server_context(tmp_path)
     recorder = Recorder()
     with ProxyServer.run_in_thread(backends=backend_for(seaweed), authorizer=AllowAll(), ssl=context,
                                    hooks=recorder) as server:
