@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from .upstream import UpstreamPool
 
 log = logging.getLogger("inproxy")
+# A backend that failed or stalled while its answer was read.
+_BACKEND_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
 class Pipeline:
@@ -271,21 +273,22 @@ class Pipeline:
         return errors.BadGateway()
 
     async def _relay_response(self, ctx: RequestContext, upstream: aiohttp.ClientResponse) -> None:
-        chunks = None  # None: the body passes untouched
-        if self._has_response_filter or ctx.backend.bucket is not None:
-            headers = response_headers(upstream.headers.items())  # a list to edit
-            chunks = await self._renamed_xml(ctx, upstream, headers)
-            if self._has_response_filter:
-                await self.hooks.response_filter(ctx, upstream.status, headers)
-        else:  # passed as they came: the writer drops hop-by-hop headers itself
-            headers = upstream.headers.items()
+        try:
+            headers, chunks = await self._answer_head(ctx, upstream)
+        except _BACKEND_FAILURES as exc:  # reading a renamed bucket's XML: nothing sent yet
+            upstream.close()
+            raise self._upstream_failure(ctx, exc) from exc
         writer = ctx.request.writer
         try:
             writer.head(upstream.status, upstream.reason, headers,
                         close=ctx.state.get("body_error") is not None)
-        except ValueError:  # a header no HTTP message can carry (CR/LF from a hook): nothing sent yet
+        except ValueError as exc:  # a header no HTTP message can carry (CR/LF...): nothing sent yet
             upstream.close()
-            raise
+            if self._has_response_filter:
+                raise  # perhaps the hook's: a failure of the proxy's side (500)
+            log.warning("request %s: backend %s sent a header no HTTP message can carry: %s",
+                        ctx.request_id, ctx.backend.netloc, exc)
+            raise errors.BadGateway() from exc
         ctx.status = upstream.status
         try:
             if chunks is None:
@@ -302,13 +305,29 @@ class Pipeline:
                 chunks = content.iter_any()
             await self._relay_body(ctx, chunks, writer)
         except Exception as exc:
+            upstream.close()
+            if isinstance(exc, _BACKEND_FAILURES) and writer.retract():
+                # The backend failed before the first body byte: the head was still held, so
+                # the client gets a 502/504 instead of a cut connection.
+                ctx.status = None
+                raise self._upstream_failure(ctx, exc) from exc
             # The status line may be out (or the client gone): another answer is impossible,
             # and a short body must never look complete.  Breaking the connection is the only
             # signal left.
             ctx.error = exc
             self._log_broken_response(ctx, exc)
-            upstream.close()
             _abort(ctx.request)
+
+    async def _answer_head(self, ctx: RequestContext, upstream: aiohttp.ClientResponse) -> tuple:
+        """(headers, body chunks or None when the body passes untouched) of the answer: the
+        backend's, or edited for a renamed bucket and by the response_filter hook."""
+        if not (self._has_response_filter or ctx.backend.bucket is not None):
+            return upstream.headers.items(), None  # as they came: the writer drops hop-by-hop headers
+        headers = response_headers(upstream.headers.items())  # a list to edit
+        chunks = await self._renamed_xml(ctx, upstream, headers)
+        if self._has_response_filter:
+            await self.hooks.response_filter(ctx, upstream.status, headers)
+        return headers, chunks
 
     async def _renamed_xml(self, ctx: RequestContext, upstream: aiohttp.ClientResponse,
                            headers: list[tuple[str, str]]) -> AsyncIterator[bytes] | None:

@@ -29,6 +29,21 @@ _FRAMING = frozenset(RESPONSE_HOP_BY_HOP)
 _JOIN_LIMIT = 64 * 1024
 
 
+_CONNECTION_OPTIONS = frozenset({"close", "keep-alive", ""})
+# Never dropped for being named in Connection: the framing and the date are the writer's own.
+_NOT_NAMEABLE = frozenset({"content-length", "date"})
+
+
+def _connection_named(value: str, named: set[str] | None) -> set[str]:
+    """The header names a Connection header lists (its options aside), added to ``named``."""
+    names = named if named is not None else set()
+    for token in value.split(","):
+        token = token.strip().lower()
+        if token and token not in _CONNECTION_OPTIONS and token not in _NOT_NAMEABLE:
+            names.add(token)
+    return names
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -92,15 +107,20 @@ class ResponseWriter:
         pairs: list[tuple[str, str]] = []
         length: str | None = None
         has_date = False
+        named: set[str] | None = None  # what a Connection header names: hop-by-hop too
         for name, value in headers:
             lname = name.lower()
             if lname in _FRAMING:
+                if lname == "connection" and value.lower() not in _CONNECTION_OPTIONS:
+                    named = _connection_named(value, named)
                 continue
             if lname == "content-length":
                 length = value
             elif lname == "date":
                 has_date = True
             pairs.append((name, value))
+        if named:  # RFC 9110 7.6.1 (rare: only a Connection header naming more than close/keep-alive)
+            pairs = [(n, v) for n, v in pairs if n.lower() not in named]
         if not has_date:
             pairs.append(("Date", conn.server.http_date()))
         if no_body:
@@ -127,6 +147,16 @@ class ResponseWriter:
         self._remaining = remaining
         self._chunked = chunked
         self.keep_alive = keep_alive
+
+    def retract(self) -> bool:
+        """Forget a head that is still held (nothing of this answer has been sent): the
+        caller may then answer something else, an error.  False once anything was sent."""
+        if self._head is None or self.finished:
+            return False
+        self._head = None
+        self.started = False
+        self.status = None
+        return True
 
     async def write(self, data: bytes) -> None:
         """Send a piece of the body; waits while the client's socket buffer is full."""

@@ -30,7 +30,8 @@ PRESIGN_PARAMS = frozenset({
 })
 # Response headers that describe the backend's connection, not the object.
 RESPONSE_HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade",
+    "connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer",
+    "transfer-encoding", "upgrade",
 })
 
 
