@@ -940,3 +940,31 @@ def test_backend_failing_before_the_first_body_byte_is_a_502_not_a_bare_close(ha
     else:
         out = _raw_example(harness, "GET", answer, end="close")
     assert out.state == "complete" and out.status in (502, 504), out
+
+
+@pytest.mark.parametrize("end", ["close", "keep"])
+def test_renamed_bucket_xml_answer_failing_while_read_is_a_502_or_504(harness, end):
+    """A renamed bucket's small XML answer is read whole (to rename the bucket in it) before
+    anything goes to the client: a backend failing or stalling meanwhile is a 502/504."""
+    import dataclasses
+
+    h = harness
+    routes = h.proxy.backends._routes
+    plain = routes["bkt"]
+
+    async def one():
+        key = h.key()
+        answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: 100\r\n\r\n"
+                  b"<ListBucketResult><Name>real-bkt")
+        h.raw.scripts[key] = Script([("send", answer)], end=end)
+        routes["bkt"] = dataclasses.replace(plain, bucket="real-bkt")
+        try:
+            out = await h.ask(h.request("GET", key), "GET", then_healthy=False)
+        finally:
+            routes["bkt"] = plain
+        check_outcome(h, out, "GET", Expect())
+        assert out.status == (502 if end == "close" else 504), out
+        await h.healthy()
+        h.assert_clean_log()
+
+    h.run(one())
