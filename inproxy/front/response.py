@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from aiohttp import HttpVersion11
 
-from ..s3.headers import RESPONSE_HOP_BY_HOP
+from ..s3.headers import CONNECTION_OPTIONS, RESPONSE_HOP_BY_HOP, connection_tokens
 from ..splice import splice
 
 try:  # aiohttp's C head serializer: refuses control characters (header injection)
@@ -29,19 +29,8 @@ _FRAMING = frozenset(RESPONSE_HOP_BY_HOP)
 _JOIN_LIMIT = 64 * 1024
 
 
-_CONNECTION_OPTIONS = frozenset({"close", "keep-alive", ""})
 # Never dropped for being named in Connection: the framing and the date are the writer's own.
 _NOT_NAMEABLE = frozenset({"content-length", "date"})
-
-
-def _connection_named(value: str, named: set[str] | None) -> set[str]:
-    """The header names a Connection header lists (its options aside), added to ``named``."""
-    names = named if named is not None else set()
-    for token in value.split(","):
-        token = token.strip().lower()
-        if token and token not in _CONNECTION_OPTIONS and token not in _NOT_NAMEABLE:
-            names.add(token)
-    return names
 
 
 def _phrase(status: int) -> str:
@@ -111,8 +100,8 @@ class ResponseWriter:
         for name, value in headers:
             lname = name.lower()
             if lname in _FRAMING:
-                if lname == "connection" and value.lower() not in _CONNECTION_OPTIONS:
-                    named = _connection_named(value, named)
+                if lname == "connection" and value.lower() not in CONNECTION_OPTIONS:
+                    named = (named or set()) | (connection_tokens(value) - _NOT_NAMEABLE)
                 continue
             if lname == "content-length":
                 length = value

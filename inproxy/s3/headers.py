@@ -22,7 +22,7 @@ CHUNKED_FRAMING = frozenset({"x-amz-decoded-content-length", "x-amz-trailer", "x
 _DROPPED = HOP_BY_HOP | CLIENT_AUTH
 _DROPPED_DECODING = _DROPPED | CHUNKED_FRAMING
 # Connection tokens that are options, not names of headers to drop.
-_CONNECTION_OPTIONS = frozenset({"close", "keep-alive", ""})
+CONNECTION_OPTIONS = frozenset({"close", "keep-alive", ""})
 # Presigned-URL query parameters of the client's signature.
 PRESIGN_PARAMS = frozenset({
     "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
@@ -45,16 +45,22 @@ def forwarded_headers(headers: Iterable[tuple[str, str]], *, decoding_chunked: b
         lname = name.lower()
         if lname in dropped:
             if lname == "connection":
-                named.update(token.strip().lower() for token in value.split(","))
+                named |= connection_tokens(value)
             continue
         if lname == "content-encoding" and decoding_chunked:
             value = _without_aws_chunked(value)
             if not value:
                 continue
         out[lname] = f"{out[lname]},{value}" if lname in out else value
-    for token in named - _CONNECTION_OPTIONS:  # named before or after Connection itself
+    for token in named:  # named before or after Connection itself
         out.pop(token, None)
     return out
+
+
+def connection_tokens(value: str) -> set[str]:
+    """The header names a ``Connection`` header lists, lower-case, its ``close`` and
+    ``keep-alive`` options aside: hop-by-hop headers too (RFC 9110 7.6.1)."""
+    return {token.strip().lower() for token in value.split(",")} - CONNECTION_OPTIONS
 
 
 def _without_aws_chunked(value: str) -> str:
