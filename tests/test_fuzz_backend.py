@@ -44,7 +44,7 @@ from inproxy import AllowAll, Backend, ProxyServer
 from inproxy.spliced import SPLICE_MIN_BYTES
 
 from test_front import AK, SK, UNSIGNED, FAKE_CREDENTIALS
-from test_fuzz_front import _format_exc, fuzz_settings, head_bytes, presigned_target, signed_list
+from test_fuzz_front import PrivateLoop, _format_exc, fuzz_settings, head_bytes, presigned_target, signed_list
 
 READ_TIMEOUT = 2.0
 HANG = READ_TIMEOUT + 4.0  # seconds the client may wait for a byte: beyond, a hang
@@ -287,24 +287,12 @@ async def read_answer(reader: asyncio.StreamReader, method: str) -> Outcome:
     return out
 
 
-class Harness:
+class Harness(PrivateLoop):
     """A proxy in front of a ScriptedBackend (bucket ``bkt``) on a private loop."""
 
     def __init__(self, caplog, **proxy_kwargs) -> None:
         self.caplog = caplog
         self.proxy_kwargs = proxy_kwargs
-
-    def __enter__(self) -> "Harness":
-        self.caplog.set_level(logging.DEBUG, logger="inproxy")
-        self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self._start())
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        try:
-            self.loop.run_until_complete(self._stop())
-        finally:
-            self.loop.close()
 
     async def _start(self) -> None:
         self.raw = await ScriptedBackend().__aenter__()
@@ -326,10 +314,6 @@ class Harness:
 
     def key(self) -> str:
         return f"fz-{uuid.uuid4().hex[:12]}"
-
-    def bad_records(self) -> list[logging.LogRecord]:
-        return [r for r in self.caplog.records
-                if r.name.startswith("inproxy") and (r.levelno >= logging.ERROR or r.exc_info)]
 
     def assert_clean_log(self) -> None:
         records = self.bad_records()

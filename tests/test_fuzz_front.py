@@ -110,16 +110,14 @@ class Wire:
     responses: list[Response] = field(default_factory=list)
 
 
-class Harness:
-    """A proxy (in front of a RecordingBackend routed as bucket ``bkt``) on a private loop."""
+class PrivateLoop:
+    """A proxy (and what it needs) started on a private event loop by ``_start`` and stopped
+    by ``_stop``, so that hypothesis can drive examples synchronously; log records from
+    logger ``inproxy`` are captured (``caplog``)."""
 
-    def __init__(self, caplog, *, seaweed=None, **proxy_kwargs) -> None:
-        self.caplog = caplog
-        self.seaweed = seaweed
-        self.proxy_kwargs = proxy_kwargs
-        self.examples = 0
+    caplog: Any
 
-    def __enter__(self) -> "Harness":
+    def __enter__(self) -> "PrivateLoop":
         self.caplog.set_level(logging.DEBUG, logger="inproxy")
         self.loop = asyncio.new_event_loop()
         self.loop.run_until_complete(self._start())
@@ -130,6 +128,27 @@ class Harness:
             self.loop.run_until_complete(self._stop())
         finally:
             self.loop.close()
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+    def bad_records(self) -> list[logging.LogRecord]:
+        """ERROR records and tracebacks from logger ``inproxy``: a failure of the proxy."""
+        return [r for r in self.caplog.records
+                if r.name.startswith("inproxy") and (r.levelno >= logging.ERROR or r.exc_info)]
+
+
+class Harness(PrivateLoop):
+    """A proxy (in front of a RecordingBackend routed as bucket ``bkt``) on a private loop."""
+
+    def __init__(self, caplog, *, seaweed=None, **proxy_kwargs) -> None:
+        self.caplog = caplog
+        self.seaweed = seaweed
+        self.proxy_kwargs = proxy_kwargs
+        self.examples = 0
 
     async def _start(self) -> None:
         kwargs = {"keys": {AK: SK}, "authorizer": AllowAll(), **self.proxy_kwargs}
@@ -161,10 +180,6 @@ class Harness:
         return f"fz-{uuid.uuid4().hex[:12]}"
 
     # -- checks -------------------------------------------------------------------------------
-
-    def bad_records(self) -> list[logging.LogRecord]:
-        return [r for r in self.caplog.records
-                if r.name.startswith("inproxy") and (r.levelno >= logging.ERROR or r.exc_info)]
 
     async def healthy(self) -> None:
         """A normal signed GET on a new connection is answered 200."""
