@@ -24,9 +24,8 @@ if TYPE_CHECKING:
     from .front import FrontRequest
 
 __all__ = ["STATE_CHUNK_DECODER", "STATE_CONTINUE_SENT", "chunk_decoder", "client_body", "client_payload_hash",
-           "decoded_length",
-           "forward_checksum", "is_aws_chunked", "once", "read_all", "send_continue", "sha256_checked",
-           "verified_body"]
+           "decoded_length", "forward_checksum", "is_aws_chunked", "once", "read_all", "send_continue",
+           "sha256_checked", "verified_body"]
 
 log = logging.getLogger("inproxy")
 
@@ -46,20 +45,12 @@ async def send_continue(ctx: "RequestContext") -> None:
         ctx.state[STATE_CONTINUE_SENT] = True
 
 
-# What x-amz-content-sha256 may say besides a SHA-256 (S3 refuses anything else).
-_PAYLOAD_SENTINELS = frozenset({
-    sigv4.UNSIGNED_PAYLOAD, sigv4.STREAMING_PAYLOAD, sigv4.STREAMING_PAYLOAD_TRAILER,
-    sigv4.STREAMING_UNSIGNED_PAYLOAD_TRAILER, sigv4.STREAMING_ECDSA_PAYLOAD,
-    sigv4.STREAMING_ECDSA_PAYLOAD_TRAILER,
-})
-
-
 def client_payload_hash(request: "FrontRequest") -> str:
     """The client's ``x-amz-content-sha256`` ("" without one): a sentinel, or a SHA-256 in
     lower-case hex (upper-case hex is lowered).  Anything else is refused, as S3 does: it
     would otherwise pass as "no hash" and the body go on unchecked."""
     value = request.headers.get("x-amz-content-sha256", "")
-    if not value or value in _PAYLOAD_SENTINELS or sigv4.is_sha256_hex(value):
+    if not value or value in sigv4.PAYLOAD_SENTINELS or sigv4.is_sha256_hex(value):
         return value
     lowered = value.lower()
     if sigv4.is_sha256_hex(lowered):

@@ -224,8 +224,8 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "pool", "key", "transport", "_loop", "_parser", "_body_parser", "_head_parser",
         "_response", "_head_waiter", "_drain_waiter", "_write_paused", "_reading_paused",
-        "_closed", "_error", "busy", "_waiting", "got_data", "body_taken", "_informational", "_reusable", "served",
-        "_last_rx", "_idle_since", "_timer", "_detached",
+        "_closed", "_error", "busy", "_waiting", "got_data", "body_taken", "_informational", "_reusable",
+        "served", "_last_rx", "_idle_since", "_timer", "_detached",
     )
 
     def __init__(self, pool: "ConnectionPool", key: tuple) -> None:
@@ -412,6 +412,16 @@ class _Connection(asyncio.Protocol):
 
     def answered(self) -> bool:
         return self._response is not None
+
+    def answered_or_raise(self) -> bool:
+        """While a body is being sent: True when an answer arrived (the rest is not wanted);
+        raises what broke the connection, if anything did."""
+        if self._response is not None:
+            return True
+        error = self.failed()
+        if error is not None:
+            raise error
+        return False
 
     def stale(self) -> bool:
         """A kept-alive connection the server dropped before answering this request."""
@@ -610,8 +620,8 @@ class _Connection(asyncio.Protocol):
             if code == 101:
                 self._protocol_error(ValueError("unexpected 101 Switching Protocols"))
                 return
-            # 100 Continue, 103 Early Hints: informational, skipped.  Bounded: each one is
-            # progress for the read timeout, and a backend must not hold a request forever.
+            # 100 Continue, 103 Early Hints: informational, skipped.  Bounded: a backend must
+            # not hold a request forever with them (they are no progress for the read timeout).
             self._informational += 1
             if self._informational > _MAX_INFORMATIONAL:
                 self._protocol_error(ValueError(f"more than {_MAX_INFORMATIONAL} informational answers"))
@@ -866,11 +876,8 @@ class ConnectionPool:
                     transport.write(first)
                 while True:
                     await conn.drain()
-                    if conn.answered():
+                    if conn.answered_or_raise():
                         break  # an early answer: the rest of the body is not wanted
-                    error = conn.failed()
-                    if error is not None:
-                        raise error
                     try:
                         chunk = await body.__anext__()
                     except StopAsyncIteration:
@@ -878,11 +885,8 @@ class ConnectionPool:
                     except Exception as exc:
                         raise RequestBodyError(f"the request body failed: {exc!r}") from exc
                     conn.body_taken = True
-                    if conn.answered():
+                    if conn.answered_or_raise():
                         break
-                    error = conn.failed()
-                    if error is not None:
-                        raise error
                     size = len(chunk)
                     if not size:
                         continue

@@ -92,4 +92,3 @@ def decimal_count(value: str | None, max_digits: int = 18) -> int | None:
     if value is None or not (value.isascii() and value.isdigit()) or len(value) > max_digits:
         return None
     return int(value)
-

@@ -18,6 +18,7 @@ def xml_text(value: str) -> str:
     by U+FFFD, so that an error document quoting client input is always well-formed."""
     return escape(_NOT_XML.sub("\ufffd", value))
 
+
 _NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 _EPOCH = "2000-01-01T00:00:00.000Z"
 
